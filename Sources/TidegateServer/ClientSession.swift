@@ -1,0 +1,1053 @@
+import DequeModule
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import PostgresWire
+import SQLAnalysis
+
+/// One client connection: decodes its bytes, authenticates it, lends it server connections (for a
+/// transaction or for the session), rewrites prepared-statement names so they follow the client from
+/// one server connection to the next, and forwards everything else unchanged. Lives on one event loop.
+// @unchecked Sendable: confined to one event loop; every access happens on that loop (callbacks of
+// futures created on it run there too), so no two threads ever touch it.
+final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    enum Phase {
+        case startup
+        case authenticating(ClientAuthStateMachine)
+        /// Authenticated; waiting for the first server connection to report parameters.
+        case loggingIn
+        case ready
+        case admin(AdminSession)
+        case closing
+    }
+
+    /// A statement the client prepared, as Tidegate knows it.
+    struct Statement {
+        var info: StatementInfo
+    }
+
+    static let sessionIDs = IDGenerator()
+
+    let id: Int
+    let runtime: Runtime
+    let shard: LoopShard
+    var logger: Logger
+    private var context: ChannelHandlerContext?
+    private var inbound = ByteBuffer()
+    private var startupDecoder = StartupPacketDecoder()
+    private var frameDecoder: PostgresFrameDecoder
+    private(set) var phase = Phase.startup
+    private let sslContext: NIOSSLContext?
+    private(set) var tls = false
+    private var encryptionNegotiated = false
+
+    // Who the client is.
+    private(set) var userName = ""
+    private(set) var database = ""
+    private(set) var applicationName = ""
+    private(set) var processID: Int32 = 0
+    private var secretKey: Int32 = 0
+    let connectedAt = NIODeadline.now()
+    let remoteAddress: String
+
+    // The server side.
+    private(set) var server: ServerConnection?
+    private var pool: ServerPool?
+    private var checkoutInProgress = false
+    private var pending = Deque<PostgresFrame>()
+    private var pendingBytes = 0
+    private var readingPaused = false
+    private var tracker = ResponseTracker()
+    private var events: [ResponseTracker.Event] = []
+
+    // Session state that follows the client.
+    private var statements: [String: Statement] = [:]
+    private var unnamed: StatementInfo?
+    private var portals: [String: SessionEffect] = [:]
+    private var settings = SessionSettings() {
+        didSet { self.cachedFingerprint = nil }
+    }
+    /// The settings from the startup packet: what RESET returns to, as on a direct connection.
+    private var startupSettings = SessionSettings()
+    private var pendingEffects: [SessionEffect] = [] {
+        didSet { self.cachedFingerprint = nil }
+    }
+    private var cachedFingerprint: String?
+
+    /// Every setting in force (made or pending) as one string. It is part of a statement's server-side
+    /// name: settings such as search_path, standard_conforming_strings, TimeZone or DateStyle change what
+    /// a statement's text means when it is parsed, so a statement parsed under other settings must not be
+    /// reused.
+    private var settingsFingerprint: String {
+        if let cached = self.cachedFingerprint { return cached }
+        var parts = self.settings.statements
+        for effect in self.pendingEffects { parts.append("\(effect)") }
+        let fingerprint = parts.joined(separator: "\u{1}")
+        self.cachedFingerprint = fingerprint
+        return fingerprint
+    }
+    /// A RESET through the extended protocol returned startup settings to the server's defaults: at the
+    /// next ReadyForQuery, Tidegate sets them back to the client's startup values before answering.
+    private var restoreStartupAtReady = false
+    /// The attached server's settings no longer match the client's (after DISCARD ALL): replay on next use.
+    private var serverSettingsUnknown = false
+    private var reportedParameters: [String: String] = [:]
+    private(set) var pinReason: String?
+    private var copyIn = false
+    private(set) var transactionStatus = TransactionStatus.idle
+    private var discardUntilSync = false
+    private var requestStarts = Deque<(NIODeadline, StatementClass)>()
+    private var currentClass = StatementClass.utility
+    private var startupTimer: Scheduled<Void>?
+    private var idleTimer: Scheduled<Void>?
+    private var counted = false
+    private(set) var lastActivity = NIODeadline.now()
+    private(set) var queries = 0
+
+    init(runtime: Runtime, shard: LoopShard, sslContext: NIOSSLContext?, remoteAddress: String, logger: Logger) {
+        self.id = Self.sessionIDs.next()
+        self.runtime = runtime
+        self.shard = shard
+        self.sslContext = sslContext
+        self.remoteAddress = remoteAddress
+        self.frameDecoder = PostgresFrameDecoder(maxMessageBytes: shard.config.limits.maxMessageBytes)
+        self.mode = shard.config.pool.mode
+        var logger = logger
+        logger[metadataKey: "tidegate.session.id"] = "\(self.id)"
+        self.logger = logger
+    }
+
+    /// This loop's copy of the configuration (no lock on the hot path).
+    private var config: TidegateConfig { self.shard.config }
+    /// The pooling mode is fixed for the life of the session, whatever a reload changes.
+    private let mode: PoolMode
+
+    // MARK: Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.shard.sessions[self.id] = self
+        let count = self.runtime.clientCount.add(1, ordering: .relaxed).newValue
+        self.counted = true
+        self.runtime.metrics.clientConnections.record(count)
+        let config = self.config
+        if count > config.listen.maxClientConnections {
+            self.runtime.metrics.clientConnectionsRefused.increment()
+            self.fatal(ErrorFields(severity: "FATAL", sqlState: "53300", message: "sorry, too many clients already"))
+            return
+        }
+        self.startupTimer = context.eventLoop.scheduleTask(in: .milliseconds(Int64(config.limits.startupTimeoutMs))) {
+            [weak self] in
+            guard let self else { return }
+            switch self.phase {
+            case .startup, .authenticating:
+                self.fatal(
+                    ErrorFields(
+                        severity: "FATAL", sqlState: "08006",
+                        message: "client did not complete login within \(config.limits.startupTimeoutMs) ms"))
+            case .loggingIn, .ready, .admin, .closing:
+                break
+            }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.phase = .closing
+        self.startupTimer?.cancel()
+        self.idleTimer?.cancel()
+        self.shard.sessions.removeValue(forKey: self.id)
+        if self.counted {
+            self.counted = false
+            let count = self.runtime.clientCount.subtract(1, ordering: .relaxed).newValue
+            self.runtime.metrics.clientConnections.record(count)
+        }
+        if self.processID != 0 { self.runtime.cancelKeys.unregister(self.processID) }
+        if let server = self.server, let pool = self.pool {
+            self.server = nil
+            if self.tracker.isIdle && self.transactionStatus == .idle && self.pinReason == nil && !self.copyIn {
+                if self.mode == .session {
+                    server.detach()
+                    server.runInternal("DISCARD ALL").whenComplete { result in
+                        server.prepared.removeAll()
+                        server.appliedSettings = []
+                        if case .failure = result { server.mustClose = true }
+                        pool.release(server)
+                    }
+                } else {
+                    server.appliedSettings = self.settings.statements
+                    pool.release(server)
+                }
+            } else {
+                pool.discard(server)
+            }
+        }
+        self.context = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = self.unwrapInboundIn(data)
+        self.shard.bytesIn += buffer.readableBytes
+        if self.inbound.readableBytes == 0 {
+            self.inbound = buffer
+        } else {
+            self.inbound.writeBuffer(&buffer)
+        }
+        self.decode()
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        self.server?.flush()
+        context.flush()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        // Read from the server only while the client can take what it sends.
+        self.server?.setAutoRead(context.channel.isWritable)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.logger.debug("client connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    // MARK: Decoding
+
+    private func decode() {
+        do {
+            while self.context != nil {
+                switch self.phase {
+                case .startup:
+                    guard let packet = try self.startupDecoder.decode(buffer: &self.inbound) else { return self.compact() }
+                    self.handleStartupPacket(packet)
+                case .closing:
+                    self.inbound.clear()
+                    return
+                case .authenticating, .loggingIn, .ready, .admin:
+                    guard let frame = try self.frameDecoder.decode(buffer: &self.inbound) else { return self.compact() }
+                    self.handleFrame(frame)
+                }
+            }
+        } catch let error as WireError {
+            self.runtime.metrics.protocolErrors.increment()
+            self.fatal(ErrorFields(severity: "FATAL", sqlState: "08P01", message: error.message))
+        } catch {
+            self.fatal(ErrorFields(severity: "FATAL", sqlState: "08P01", message: "\(error)"))
+        }
+    }
+
+    private func compact() {
+        if self.inbound.readableBytes == 0 {
+            self.inbound.clear()
+        } else if self.inbound.readerIndex > 65536 {
+            self.inbound.discardReadBytes()
+        }
+    }
+
+    // MARK: Startup and authentication
+
+    private func handleStartupPacket(_ packet: StartupPacket) {
+        if self.encryptionNegotiated && (packet == .sslRequest || packet == .gssEncRequest) {
+            // As PostgreSQL: only one encryption request per connection.
+            return self.fatal(
+                ErrorFields(
+                    severity: "FATAL", sqlState: "0A000",
+                    message: "unsupported frontend protocol 1234.\(packet == .sslRequest ? 5679 : 5680): server supports 3.0 to 3.0"))
+        }
+        switch packet {
+        case .sslRequest, .gssEncRequest:
+            self.encryptionNegotiated = true
+        case .cancel, .startup:
+            break
+        }
+        switch packet {
+        case .sslRequest:
+            if let sslContext = self.sslContext, let context = self.context, !self.tls {
+                guard self.inbound.readableBytes == 0 else {
+                    return self.fatal(
+                        ErrorFields(severity: "FATAL", sqlState: "08P01", message: "received unencrypted data after SSL request"))
+                }
+                var reply = context.channel.allocator.buffer(capacity: 1)
+                reply.writeInteger(UInt8(ascii: "S"))
+                context.writeAndFlush(NIOAny(reply), promise: nil)
+                do {
+                    try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext), position: .first)
+                    self.tls = true
+                } catch {
+                    self.fatal(ErrorFields(severity: "FATAL", sqlState: "08006", message: "TLS setup failed: \(error)"))
+                }
+            } else {
+                self.writeByte(UInt8(ascii: "N"))
+            }
+        case .gssEncRequest:
+            self.writeByte(UInt8(ascii: "N"))
+        case .cancel(let processID, let secretKey):
+            self.handleCancelRequest(processID: processID, secretKey: secretKey)
+        case .startup(_, let minor, let parameters):
+            self.handleStartup(minor: minor, parameters: parameters)
+        }
+    }
+
+    private func writeByte(_ byte: UInt8) {
+        guard let context = self.context else { return }
+        var reply = context.channel.allocator.buffer(capacity: 1)
+        reply.writeInteger(byte)
+        context.writeAndFlush(NIOAny(reply), promise: nil)
+    }
+
+    private func handleStartup(minor: UInt16, parameters: [(String, String)]) {
+        var unrecognized: [String] = []
+        var settings = SessionSettings()
+        for (name, value) in parameters {
+            switch name {
+            case "user": self.userName = value
+            case "database": self.database = value
+            case "replication":
+                return self.fatal(
+                    ErrorFields(severity: "FATAL", sqlState: "0A000", message: "Tidegate does not proxy replication connections"))
+            case "options":
+                guard let options = SessionSettings.parseOptions(value) else {
+                    return self.fatal(
+                        ErrorFields(severity: "FATAL", sqlState: "22023", message: "invalid command-line argument in options: \(value)"))
+                }
+                for (option, optionValue) in options {
+                    settings.apply(.set(name: option, statement: SessionSettings.setStatement(name: option, value: optionValue)))
+                }
+            default:
+                if name.hasPrefix("_pq_.") {
+                    unrecognized.append(name)
+                } else {
+                    if name == "application_name" { self.applicationName = value }
+                    settings.apply(.set(name: name, statement: SessionSettings.setStatement(name: name, value: value)))
+                }
+            }
+        }
+        guard !self.userName.isEmpty else {
+            return self.fatal(ErrorFields(severity: "FATAL", sqlState: "28000", message: "no PostgreSQL user name specified in startup packet"))
+        }
+        if self.database.isEmpty { self.database = self.userName }
+        self.settings = settings
+        self.startupSettings = settings
+        self.logger[metadataKey: "tidegate.user"] = "\(self.userName)"
+        self.logger[metadataKey: "tidegate.database"] = "\(self.database)"
+        if minor > 0 || !unrecognized.isEmpty, let context = self.context {
+            var buffer = context.channel.allocator.buffer(capacity: 32)
+            BackendEncoder.negotiateProtocolVersion(&buffer, newestVersion: 196_608, unrecognized: unrecognized)
+            context.write(NIOAny(buffer), promise: nil)
+        }
+        let config = self.config
+        var machine = ClientAuthStateMachine(userName: self.userName, user: config.users[self.userName], method: config.authMethod)
+        let action = machine.start()
+        self.phase = .authenticating(machine)
+        self.runAuth(action)
+    }
+
+    private func runAuth(_ action: ClientAuthStateMachine.Action) {
+        switch action {
+        case .send(let buffer):
+            self.context?.writeAndFlush(NIOAny(buffer), promise: nil)
+            if case .authenticating(let machine) = self.phase, machine.isAuthenticated { self.authenticated() }
+        case .authenticated:
+            self.authenticated()
+        case .fail(let fields):
+            self.runtime.metrics.authFailures.increment()
+            self.logger.info("authentication failed", metadata: ["sqlstate": "\(fields.sqlState ?? "")"])
+            self.fatal(fields)
+        }
+    }
+
+    private func authenticated() {
+        let config = self.config
+        if self.database == TidegateConfig.adminDatabase {
+            guard config.users[self.userName]?.admin == true else {
+                return self.fatal(
+                    ErrorFields(
+                        severity: "FATAL", sqlState: "28000",
+                        message: "user \"\(self.userName)\" is not allowed to use the admin console (set users.\(self.userName).admin: true)"))
+            }
+            self.startupTimer?.cancel()
+            let admin = AdminSession(runtime: self.runtime)
+            self.phase = .admin(admin)
+            self.sendLoginCompletion(parameters: AdminSession.parameters)
+            return
+        }
+        self.phase = .loggingIn
+        self.pool = self.shard.pool(for: PoolKey(database: self.database, user: self.userName, node: "primary"))
+        self.acquireServer()
+    }
+
+    private func sendLoginCompletion(parameters: [String: String]) {
+        guard let context = self.context else { return }
+        let (processID, secretKey) = self.runtime.cancelKeys.register(self, loop: context.eventLoop)
+        self.processID = processID
+        self.secretKey = secretKey
+        var buffer = context.channel.allocator.buffer(capacity: 512)
+        BackendEncoder.authenticationOK(&buffer)
+        for (name, value) in parameters.sorted(by: { $0.key < $1.key }) {
+            BackendEncoder.parameterStatus(&buffer, name: name, value: value)
+        }
+        self.reportedParameters = parameters
+        BackendEncoder.backendKeyData(&buffer, processID: processID, secretKey: secretKey)
+        BackendEncoder.readyForQuery(&buffer, status: .idle)
+        context.writeAndFlush(NIOAny(buffer), promise: nil)
+    }
+
+    // MARK: Cancel
+
+    private func handleCancelRequest(processID: Int32, secretKey: Int32) {
+        // A cancel request connection gets no reply; it is closed once the request is passed on.
+        self.phase = .closing
+        if let entry = self.runtime.cancelKeys.lookup(processID: processID, secretKey: secretKey) {
+            entry.loop.execute {
+                entry.session.value.cancelRunningQuery()
+            }
+        }
+        self.context?.close(promise: nil)
+    }
+
+    /// Sends a CancelRequest to the server running this client's query, if one is running. The server
+    /// is kept out of the pool until the cancel request is done, so it cannot hit another client.
+    func cancelRunningQuery() {
+        guard let server = self.server, let pool = self.pool, !self.tracker.isIdle else { return }
+        server.cancelsInFlight += 1
+        let node = server.node
+        let key = server.backendKey
+        let loop = server.loop
+        ClientBootstrap(group: loop).connectTimeout(.seconds(5)).connect(host: node.host, port: node.port).whenComplete { result in
+            switch result {
+            case .success(let channel):
+                var buffer = channel.allocator.buffer(capacity: 16)
+                FrontendEncoder.cancelRequest(&buffer, processID: key.processID, secretKey: key.secretKey)
+                channel.writeAndFlush(buffer, promise: nil)
+                // The server closes the connection once it has handled the request.
+                let timeout = loop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+                channel.closeFuture.whenComplete { _ in
+                    timeout.cancel()
+                    pool.cancelFinished(server)
+                }
+            case .failure:
+                pool.cancelFinished(server)
+            }
+        }
+    }
+
+    // MARK: Client messages
+
+    private func handleFrame(_ frame: PostgresFrame) {
+        self.lastActivity = .now()
+        switch self.phase {
+        case .authenticating(var machine):
+            let action = machine.received(frame)
+            self.phase = .authenticating(machine)
+            self.runAuth(action)
+        case .admin(let admin):
+            if let context = self.context {
+                let close = admin.handle(frame, context: context, session: self)
+                if close { self.phase = .closing; context.close(promise: nil) }
+            }
+        case .loggingIn:
+            self.enqueue(frame)
+        case .ready:
+            self.idleTimer?.cancel()
+            self.idleTimer = nil
+            if frame.id == FrontendMessageID.terminate.rawValue {
+                self.phase = .closing
+                self.context?.close(promise: nil)
+                return
+            }
+            if self.server == nil {
+                // A lone Sync needs no server: answer it here.
+                if frame.id == FrontendMessageID.sync.rawValue && self.pending.isEmpty && !self.checkoutInProgress {
+                    self.discardUntilSync = false
+                    var buffer = ByteBuffer()
+                    BackendEncoder.readyForQuery(&buffer, status: self.transactionStatus)
+                    self.context?.write(NIOAny(buffer), promise: nil)
+                    return
+                }
+                if frame.id == FrontendMessageID.flush.rawValue && self.pending.isEmpty { return }
+                self.enqueue(frame)
+                self.acquireServer()
+                return
+            }
+            self.process(frame)
+        case .startup, .closing:
+            break
+        }
+    }
+
+    private func enqueue(_ frame: PostgresFrame) {
+        self.pending.append(frame)
+        self.pendingBytes += frame.raw.readableBytes
+        if self.pendingBytes > self.shard.config.limits.clientBufferBytes && !self.readingPaused {
+            self.readingPaused = true
+            _ = self.context?.channel.setOption(ChannelOptions.autoRead, value: false)
+        }
+    }
+
+    /// Sends one client message to the attached server, translating statement names.
+    private func process(_ frame: PostgresFrame) {
+        guard let server = self.server, let id = frame.frontendID else {
+            return self.protocolViolation("unknown message type \(frame.id)")
+        }
+        if self.discardUntilSync && id != .sync { return }
+        do {
+            switch id {
+            case .query:
+                let query = try FrontendMessage.query(frame)
+                let analysis = self.shard.queryAnalysis(query)
+                var rewrite = false
+                for effect in analysis.effects {
+                    switch effect {
+                    case .pin(let reason): self.pin(reason)
+                    case .reset, .resetAll: rewrite = rewrite || !self.startupSettings.isEmpty
+                    case .deallocate(let name?): rewrite = rewrite || (self.renames && self.statements[name] != nil)
+                    case .none, .set, .discardAll, .deallocate: break
+                    }
+                }
+                self.unnamed = nil
+                self.startRequest(analysis.statementClass)
+                if rewrite {
+                    let (rewritten, effects, hidden) = self.rewriteSessionStatements(query, effects: analysis.effects)
+                    var buffer = ByteBuffer()
+                    FrontendEncoder.query(&buffer, rewritten)
+                    server.write(buffer)
+                    self.expect(.simpleQuery(effects: effects, next: 0, hidden: hidden))
+                } else {
+                    server.write(frame.raw)
+                    self.expect(.simpleQuery(effects: analysis.effects, next: 0))
+                }
+            case .functionCall:
+                self.startRequest(.utility)
+                server.write(frame.raw)
+                self.expect(.simpleQuery(effects: [], next: 0))
+            case .parse:
+                try self.processParse(frame, server: server)
+            case .bind:
+                try self.processBind(frame, server: server)
+            case .describe:
+                let describe = try FrontendMessage.describe(frame)
+                if describe.kind == UInt8(ascii: "S"), let info = self.lookup(describe.name) {
+                    self.ensurePrepared(info, on: server)
+                    var buffer = ByteBuffer()
+                    FrontendEncoder.describe(&buffer, kind: describe.kind, name: info.serverName)
+                    server.write(buffer)
+                } else {
+                    server.write(frame.raw)
+                }
+                self.expect(.describe)
+            case .execute:
+                let execute = try FrontendMessage.execute(frame)
+                let effect = self.portals[execute.portalName] ?? .none
+                switch effect {
+                case .pin(let reason): self.pin(reason)
+                case .reset(let name): if self.startupSettings.statement(for: name) != nil { self.restoreStartupAtReady = true }
+                case .resetAll, .discardAll: if !self.startupSettings.isEmpty { self.restoreStartupAtReady = true }
+                case .none, .set, .deallocate: break
+                }
+                server.write(frame.raw)
+                self.expect(.execute(effect: effect))
+            case .close:
+                let close = try FrontendMessage.describe(frame)
+                if close.kind == UInt8(ascii: "S") && self.renames {
+                    if close.name.isEmpty { self.unnamed = nil } else { self.statements.removeValue(forKey: close.name) }
+                    var buffer = ByteBuffer()
+                    BackendEncoder.simple(&buffer, .closeComplete)
+                    self.expect(.synthesized(buffer, isError: false))
+                } else {
+                    if close.kind == UInt8(ascii: "P") { self.portals.removeValue(forKey: close.name) }
+                    server.write(frame.raw)
+                    self.expect(.close(swallow: false))
+                }
+            case .sync:
+                self.discardUntilSync = false
+                self.startRequest(self.currentClass)
+                server.write(frame.raw)
+                self.expect(.sync)
+            case .flush, .copyData, .copyDone, .copyFail:
+                server.write(frame.raw)
+            case .terminate:
+                self.phase = .closing
+                self.context?.close(promise: nil)
+            case .password:
+                self.protocolViolation("unexpected password message")
+            }
+        } catch let error as WireError {
+            self.protocolViolation(error.message)
+        } catch {
+            self.protocolViolation("\(error)")
+        }
+    }
+
+    /// On a direct connection RESET returns a setting to the value the client gave at startup; on a
+    /// pooled server connection it would return to the server's default. So each RESET of a startup
+    /// setting is followed by a SET to the startup value, whose CommandComplete the client never sees.
+    /// PostgreSQL reports a changed setting only at the end of the query string, so the client sees no
+    /// ParameterStatus for the round trip either.
+    ///
+    /// `DEALLOCATE name` of a statement the client prepared through the protocol names the statement
+    /// under its server-side name.
+    private func rewriteSessionStatements(
+        _ query: String, effects: [SessionEffect]
+    ) -> (String, [SessionEffect], [Bool]) {
+        var parts: [String] = []
+        var newEffects: [SessionEffect] = []
+        var hidden: [Bool] = []
+        for (statement, effect) in zip(SQLLexer.statements(in: query), effects) {
+            if case .deallocate(let name?) = effect, self.renames, let info = self.statements[name]?.info {
+                parts.append("DEALLOCATE \"\(info.serverName)\"")
+            } else {
+                parts.append(statement.text)
+            }
+            newEffects.append(effect)
+            hidden.append(false)
+            var restore: [(String, String)] = []
+            switch effect {
+            case .reset(let name):
+                if let statement = self.startupSettings.statement(for: name) { restore.append((name, statement)) }
+            case .resetAll:
+                restore = self.startupSettings.entries.map { ($0.name, $0.statement) }
+            case .none, .set, .discardAll, .pin, .deallocate:
+                break
+            }
+            for (name, statement) in restore {
+                parts.append(statement)
+                newEffects.append(.set(name: name, statement: statement))
+                hidden.append(true)
+            }
+        }
+        return (parts.joined(separator: ";\n"), newEffects, hidden)
+    }
+
+    /// Whether statement names are translated (transaction pooling) or passed through (session pooling).
+    private var renames: Bool { self.mode == .transaction }
+
+    private func lookup(_ name: String) -> StatementInfo? {
+        guard self.renames else { return nil }
+        if name.isEmpty { return self.unnamed }
+        return self.statements[name]?.info
+    }
+
+    private func processParse(_ frame: PostgresFrame, server: ServerConnection) throws {
+        let parse = try FrontendMessage.parse(frame)
+        let renameUnnamed = parse.statementName.isEmpty && self.shard.config.pool.prepareUnnamed
+        guard self.renames && (!parse.statementName.isEmpty || renameUnnamed) else {
+            if parse.statementName.isEmpty { self.unnamed = nil }
+            let info = self.shard.statementInfo(query: parse.queryBytes, parameterTypes: parse.parameterTypes, searchPath: nil)
+            self.currentClass = info.statementClass
+            self.noteEffect(info.effect, portal: nil)
+            server.write(frame.raw)
+            self.expect(.parse(serverName: nil, clientName: nil, swallow: false))
+            return
+        }
+        let info = self.shard.statementInfo(
+            query: parse.queryBytes, parameterTypes: parse.parameterTypes, searchPath: self.settingsFingerprint)
+        self.currentClass = info.statementClass
+        if !parse.statementName.isEmpty && self.statements[parse.statementName] != nil {
+            var buffer = ByteBuffer()
+            BackendEncoder.errorResponse(
+                &buffer,
+                ErrorFields(severity: "ERROR", sqlState: "42P05", message: "prepared statement \"\(parse.statementName)\" already exists"))
+            self.discardUntilSync = true
+            self.expect(.synthesized(buffer, isError: true))
+            return
+        }
+        if parse.statementName.isEmpty {
+            self.unnamed = info
+        } else {
+            self.statements[parse.statementName] = Statement(info: info)
+        }
+        if server.touchPrepared(info.serverName) {
+            var buffer = ByteBuffer()
+            BackendEncoder.simple(&buffer, .parseComplete)
+            self.expect(.synthesized(buffer, isError: false))
+        } else {
+            self.evictIfNeeded(server)
+            var buffer = ByteBuffer()
+            FrontendEncoder.parse(&buffer, name: info.serverName, queryBytes: info.query, parameterTypes: info.parameterTypes)
+            server.write(buffer)
+            server.prepared[info.serverName] = server.useTick
+            self.expect(.parse(serverName: info.serverName, clientName: parse.statementName, swallow: false))
+        }
+    }
+
+    private func processBind(_ frame: PostgresFrame, server: ServerConnection) throws {
+        let bind = try FrontendMessage.bind(frame)
+        if let info = self.lookup(bind.statementName) {
+            self.ensurePrepared(info, on: server)
+            server.write(FrontendMessage.rewriteBind(frame, bind, statementName: info.serverName).raw)
+            self.currentClass = info.statementClass
+            self.noteEffect(info.effect, portal: bind.portalName)
+        } else {
+            if !self.renames || (bind.statementName.isEmpty && !self.shard.config.pool.prepareUnnamed) {
+                // Statement analysis for passthrough names happened at Parse.
+            }
+            server.write(frame.raw)
+            self.portals[bind.portalName] = self.portals[bind.portalName] ?? SessionEffect.none
+        }
+        self.expect(.bind)
+    }
+
+    private func noteEffect(_ effect: SessionEffect, portal: String?) {
+        if let portal { self.portals[portal] = effect }
+    }
+
+    /// Injects a Parse when the server connection lacks the statement (the client prepared it on
+    /// another connection); its ParseComplete is swallowed.
+    private func ensurePrepared(_ info: StatementInfo, on server: ServerConnection) {
+        if server.touchPrepared(info.serverName) { return }
+        self.evictIfNeeded(server)
+        var buffer = ByteBuffer()
+        FrontendEncoder.parse(&buffer, name: info.serverName, queryBytes: info.query, parameterTypes: info.parameterTypes)
+        server.write(buffer)
+        server.prepared[info.serverName] = server.useTick
+        self.expect(.parse(serverName: info.serverName, clientName: nil, swallow: true))
+    }
+
+    /// Keeps the number of statements prepared on a server connection bounded (least recently used
+    /// first); the Close is injected and its CloseComplete swallowed.
+    private func evictIfNeeded(_ server: ServerConnection) {
+        let limit = self.shard.config.pool.maxPreparedPerServer
+        guard server.prepared.count >= limit, let victim = server.prepared.min(by: { $0.value < $1.value })?.key else { return }
+        server.prepared.removeValue(forKey: victim)
+        var buffer = ByteBuffer()
+        FrontendEncoder.close(&buffer, kind: UInt8(ascii: "S"), name: victim)
+        server.write(buffer)
+        self.expect(.close(swallow: true))
+    }
+
+    private func pin(_ reason: String) {
+        guard self.pinReason == nil, self.mode == .transaction else { return }
+        self.pinReason = reason
+        self.logger.debug("client pinned to its server connection", metadata: ["reason": "\(reason)"])
+    }
+
+    private func startRequest(_ statementClass: StatementClass) {
+        self.requestStarts.append((.now(), statementClass))
+    }
+
+    private func expect(_ expectation: ResponseTracker.Expectation) {
+        self.events.removeAll(keepingCapacity: true)
+        self.tracker.expect(expectation, events: &self.events)
+        self.handleEvents()
+    }
+
+    // MARK: Server messages
+
+    func serverFrame(_ frame: PostgresFrame, from server: ServerConnection) {
+        guard let context = self.context else { return }
+        self.events.removeAll(keepingCapacity: true)
+        var output = self.tracker.received(frame, events: &self.events)
+        if self.restoreStartupAtReady && frame.id == BackendMessageID.readyForQuery.rawValue && self.tracker.isIdle
+            && (try? BackendMessage.readyForQuery(frame)) != .failed
+        {
+            // Hold this ReadyForQuery back: the restore's own ReadyForQuery (same status) answers instead.
+            self.restoreStartupAtReady = false
+            output = .swallow
+            let statements = self.startupSettings.entries
+            var buffer = ByteBuffer()
+            FrontendEncoder.query(&buffer, statements.map(\.statement).joined(separator: ";\n"))
+            server.write(buffer)
+            server.flush()
+            self.startRequest(.set)
+            var restoreEvents: [ResponseTracker.Event] = []
+            self.tracker.expect(
+                .simpleQuery(
+                    effects: statements.map { .set(name: $0.name, statement: $0.statement) }, next: 0,
+                    hidden: statements.map { _ in true }), events: &restoreEvents)
+        } else if self.restoreStartupAtReady && frame.id == BackendMessageID.readyForQuery.rawValue {
+            self.restoreStartupAtReady = false
+        }
+        if case .forward = output {
+            self.shard.bytesOut += frame.raw.readableBytes
+            if frame.id == BackendMessageID.parameterStatus.rawValue,
+                let (name, value) = try? BackendMessage.parameterStatus(frame)
+            {
+                self.reportedParameters[name] = value
+            } else if frame.id == BackendMessageID.errorResponse.rawValue {
+                self.shard.errors += 1
+                if let sqlState = try? BackendMessage.errorFields(frame).sqlState { self.runtime.metrics.error(sqlState: sqlState) }
+            }
+            context.write(NIOAny(frame.raw), promise: nil)
+        }
+        self.handleEvents()
+    }
+
+    private func handleEvents() {
+        guard !self.events.isEmpty else { return }
+        var index = 0
+        defer { self.events.removeAll(keepingCapacity: true) }
+        while index < self.events.count {
+            let event = self.events[index]
+            index += 1
+            switch event {
+            case .emit(let buffer):
+                self.context?.write(NIOAny(buffer), promise: nil)
+            case .parseSucceeded:
+                break
+            case .parseFailed(let serverName, let clientName):
+                if let serverName { self.server?.prepared.removeValue(forKey: serverName) }
+                if let clientName {
+                    if clientName.isEmpty { self.unnamed = nil } else { self.statements.removeValue(forKey: clientName) }
+                }
+            case .effectCompleted(let effect, let tag):
+                self.effectCompleted(effect, tag: tag)
+            case .readyForQuery(let status):
+                self.readyForQuery(status)
+            case .copyIn:
+                self.copyIn = true
+            case .copyDone:
+                self.copyIn = false
+            case .evictionSkipped:
+                self.server?.mustClose = true
+            }
+        }
+    }
+
+    private func effectCompleted(_ effect: SessionEffect, tag: String) {
+        self.queries += 1
+        switch effect {
+        case .set, .reset, .resetAll:
+            self.pendingEffects.append(effect)
+        case .discardAll:
+            // The server connection is back at its defaults; the client is back at its startup settings.
+            self.pendingEffects.append(effect)
+            for (name, statement) in self.startupSettings.entries {
+                self.pendingEffects.append(.set(name: name, statement: statement))
+            }
+            self.serverSettingsUnknown = true
+            self.server?.prepared.removeAll()
+            self.statements.removeAll()
+            self.unnamed = nil
+        case .deallocate(let name):
+            // Prepared statements are not transactional: gone at once.
+            if let name {
+                if let info = self.statements.removeValue(forKey: name)?.info {
+                    self.server?.prepared.removeValue(forKey: info.serverName)
+                }
+            } else {
+                self.statements.removeAll()
+                self.server?.prepared.removeAll()
+            }
+        case .none, .pin:
+            break
+        }
+        switch tag {
+        case "COMMIT":
+            self.applyPendingEffects()
+        case "ROLLBACK":
+            self.pendingEffects.removeAll()
+        default:
+            break
+        }
+    }
+
+    private func applyPendingEffects() {
+        for effect in self.pendingEffects { self.settings.apply(effect) }
+        self.pendingEffects.removeAll()
+    }
+
+    private func readyForQuery(_ status: TransactionStatus) {
+        let previous = self.transactionStatus
+        self.transactionStatus = status
+        if let (start, statementClass) = self.requestStarts.popFirst() {
+            let nanos = (NIODeadline.now() - start).nanoseconds
+            self.shard.queries += 1
+            self.shard.queryNanos += nanos
+            self.runtime.metrics.query(statementClass, nanoseconds: nanos)
+        }
+        switch status {
+        case .idle:
+            if previous != .idle { self.shard.transactions += 1 } else { self.shard.transactions += 1 }
+            self.applyPendingEffects()
+            self.releaseServerIfDone()
+        case .inTransaction, .failed:
+            let timeout = self.shard.config.limits.idleInTransactionTimeoutMs
+            if timeout > 0, self.tracker.isIdle, let loop = self.context?.eventLoop {
+                self.idleTimer?.cancel()
+                self.idleTimer = loop.scheduleTask(in: .milliseconds(Int64(timeout))) { [weak self] in
+                    self?.fatal(
+                        ErrorFields(
+                            severity: "FATAL", sqlState: "25P03",
+                            message: "terminating connection due to idle-in-transaction timeout"))
+                }
+            }
+        }
+    }
+
+    /// In transaction pooling, the server goes back to the pool when the transaction is over and
+    /// nothing more is owed.
+    private func releaseServerIfDone() {
+        guard self.mode == .transaction, self.pinReason == nil, self.tracker.isIdle, self.pending.isEmpty,
+            !self.copyIn, self.transactionStatus == .idle, let server = self.server, let pool = self.pool
+        else { return }
+        if case .ready = self.phase {} else { return }
+        server.flush()
+        self.context?.flush()
+        server.appliedSettings = self.serverSettingsUnknown ? ["-- reset by DISCARD ALL"] : self.settings.statements
+        self.serverSettingsUnknown = false
+        server.ownerDescription = ""
+        self.server = nil
+        self.portals.removeAll(keepingCapacity: true)
+        pool.release(server)
+    }
+
+    func serverReadComplete(_ server: ServerConnection) {
+        self.context?.flush()
+    }
+
+    func serverWritabilityChanged(_ server: ServerConnection, writable: Bool) {
+        _ = self.context?.channel.setOption(ChannelOptions.autoRead, value: writable && !self.readingPaused)
+    }
+
+    func serverClosed(_ server: ServerConnection) {
+        guard server === self.server else { return }
+        self.server = nil
+        self.tracker.reset()
+        self.fatal(
+            ErrorFields(
+                severity: "FATAL", sqlState: "08006",
+                message: "server closed the connection unexpectedly",
+                hint: "The server may have been restarted or the connection terminated; reconnect."))
+    }
+
+    // MARK: Getting a server connection
+
+    private func acquireServer() {
+        guard !self.checkoutInProgress, self.server == nil, let pool = self.pool else { return }
+        if case .ready = self.phase, let server = pool.checkoutImmediately() {
+            if server.appliedSettings == self.settings.statements {
+                self.attach(server)
+                self.drainPending()
+                return
+            }
+            pool.release(server)
+        }
+        self.checkoutInProgress = true
+        pool.checkout().flatMap { server in
+            self.prepare(server, pool: pool)
+        }.whenComplete { result in
+            self.checkoutInProgress = false
+            switch result {
+            case .success(let server):
+                switch self.phase {
+                case .closing, .startup, .authenticating, .admin:
+                    pool.release(server)
+                case .loggingIn:
+                    self.attach(server)
+                    self.startupTimer?.cancel()
+                    self.phase = .ready
+                    self.sendLoginCompletion(parameters: server.parameters)
+                    self.drainPending()
+                case .ready:
+                    self.attach(server)
+                    self.drainPending()
+                }
+            case .failure(let error):
+                let fields = (error as? TidegateError)?.clientFields
+                    ?? ErrorFields(severity: "FATAL", sqlState: "08006", message: "server connection failed: \(error)")
+                self.fatal(fields)
+            }
+        }
+    }
+
+    /// Brings a server connection to this client's settings: RESET ALL, then the client's SETs.
+    private func prepare(_ server: ServerConnection, pool: ServerPool) -> EventLoopFuture<ServerConnection> {
+        let wanted = self.settings.statements
+        if server.appliedSettings == wanted { return server.loop.makeSucceededFuture(server) }
+        var sql = server.appliedSettings.isEmpty ? [] : ["RESET ALL"]
+        sql.append(contentsOf: wanted)
+        return server.runInternal(sql.joined(separator: "; ")).map {
+            server.appliedSettings = wanted
+            return server
+        }.flatMapError { error in
+            if case TidegateError.serverRefused(var fields) = error {
+                // The server is fine; the client's settings are not. Report like PostgreSQL does.
+                server.appliedSettings = ["-- failed"]
+                pool.release(server)
+                fields.makeFatal()
+                return server.loop.makeFailedFuture(TidegateError.serverRefused(fields))
+            }
+            pool.discard(server)
+            return server.loop.makeFailedFuture(error)
+        }
+    }
+
+    private func attach(_ server: ServerConnection) {
+        server.attach(self)
+        server.ownerDescription = "\(self.processID)"
+        self.server = server
+        if let context = self.context {
+            server.setAutoRead(context.channel.isWritable)
+            // Parameters that differ on this server connection (a setting this client did not make).
+            if case .ready = self.phase, !self.reportedParameters.isEmpty {
+                for (name, value) in server.parameters where self.reportedParameters[name] != value {
+                    var buffer = context.channel.allocator.buffer(capacity: 32)
+                    BackendEncoder.parameterStatus(&buffer, name: name, value: value)
+                    self.reportedParameters[name] = value
+                    context.write(NIOAny(buffer), promise: nil)
+                }
+            }
+        }
+    }
+
+    private func drainPending() {
+        while let frame = self.pending.popFirst(), self.server != nil {
+            self.pendingBytes -= frame.raw.readableBytes
+            if case .ready = self.phase { self.process(frame) } else { break }
+        }
+        if self.pending.isEmpty { self.pendingBytes = 0 }
+        self.server?.flush()
+        self.context?.flush()
+        if self.readingPaused && self.pendingBytes <= self.shard.config.limits.clientBufferBytes / 2 {
+            self.readingPaused = false
+            _ = self.context?.channel.setOption(ChannelOptions.autoRead, value: true)
+        }
+        // A request that ended while the queue drained (e.g. a synthesized answer) may free the server.
+        if !self.pending.isEmpty && self.server == nil { self.acquireServer() }
+        self.releaseServerIfDone()
+    }
+
+    // MARK: Errors
+
+    private func protocolViolation(_ message: String) {
+        self.runtime.metrics.protocolErrors.increment()
+        self.fatal(ErrorFields(severity: "FATAL", sqlState: "08P01", message: message))
+    }
+
+    /// Sends a FATAL error, flushes it, then closes.
+    func fatal(_ fields: ErrorFields) {
+        guard let context = self.context else { return }
+        if case .closing = self.phase { return }
+        self.phase = .closing
+        if let sqlState = fields.sqlState { self.runtime.metrics.error(sqlState: sqlState) }
+        var buffer = context.channel.allocator.buffer(capacity: 128)
+        BackendEncoder.errorResponse(&buffer, fields)
+        let channel = context.channel
+        context.writeAndFlush(NIOAny(buffer)).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    // MARK: Admin view
+
+    var stateName: String {
+        switch self.phase {
+        case .startup, .authenticating, .loggingIn: return "login"
+        case .admin: return "admin"
+        case .closing: return "closing"
+        case .ready:
+            if self.server != nil { return self.transactionStatus == .idle ? "active" : "in transaction" }
+            return self.checkoutInProgress ? "waiting" : "idle"
+        }
+    }
+
+    var serverID: Int? { self.server?.id }
+    var isAdmin: Bool {
+        if case .admin = self.phase { return true }
+        return false
+    }
+}

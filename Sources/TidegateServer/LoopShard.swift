@@ -1,0 +1,151 @@
+import Logging
+import NIOCore
+import SQLAnalysis
+
+/// Everything one event loop owns: its share of every pool, its client sessions, its statistics and its
+/// statement memo. Only touched on that loop.
+// @unchecked Sendable: confined to one event loop; every access happens on that loop (callbacks of
+// futures created on it run there too), so no two threads ever touch it.
+final class LoopShard: @unchecked Sendable {
+    let loop: any EventLoop
+    let runtime: Runtime
+    let logger: Logger
+    private(set) var pools: [PoolKey: ServerPool] = [:]
+    var sessions: [Int: ClientSession] = [:]
+    var paused = false
+    /// This loop's copy of the configuration, replaced on reload.
+    var config: TidegateConfig
+    private var maintenance: RepeatedTask?
+
+    // Statistics (SHOW STATS).
+    var queries = 0
+    var transactions = 0
+    var queryNanos: Int64 = 0
+    var bytesIn = 0
+    var bytesOut = 0
+    var errors = 0
+
+    /// Memo of simple-query analysis by text: one effect per statement and the class of the first.
+    private var queryMemo: [String: (effects: [SessionEffect], statementClass: StatementClass)] = [:]
+
+    func queryAnalysis(_ query: String) -> (effects: [SessionEffect], statementClass: StatementClass) {
+        if let analysis = self.queryMemo[query] { return analysis }
+        let statements = SQLLexer.statements(in: query)
+        let analysis = (
+            statements.map { SessionEffectClassifier.classify($0) },
+            StatementClass.of(firstWord: statements.first?.leadingWords.first)
+        )
+        if query.utf8.count <= 4096 {
+            if self.queryMemo.count >= Self.statementMemoLimit { self.queryMemo.removeAll(keepingCapacity: true) }
+            self.queryMemo[query] = analysis
+        }
+        return analysis
+    }
+
+    /// Memo of statement analysis by text: the server-side name and the session effect.
+    private var statementMemo: [StatementMemoKey: StatementInfo] = [:]
+    static let statementMemoLimit = 20_000
+
+    init(loop: any EventLoop, runtime: Runtime, logger: Logger) {
+        self.loop = loop
+        self.runtime = runtime
+        self.logger = logger
+        self.config = runtime.config
+    }
+
+    func start() {
+        self.maintenance = self.loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [weak self] _ in
+            guard let self else { return }
+            for pool in self.pools.values { pool.maintain() }
+        }
+    }
+
+    func stop() {
+        self.maintenance?.cancel()
+        for pool in self.pools.values { pool.closeAll() }
+    }
+
+    func pool(for key: PoolKey) -> ServerPool {
+        if let pool = self.pools[key] { return pool }
+        let pool = ServerPool(key: key, shard: self, logger: self.logger)
+        pool.paused = self.paused
+        self.pools[key] = pool
+        return pool
+    }
+
+    func setPaused(_ paused: Bool) {
+        self.paused = paused
+        for pool in self.pools.values {
+            if paused { pool.paused = true } else { pool.resume() }
+        }
+    }
+
+    /// Server connections currently lent to clients.
+    var activeServers: Int { self.pools.values.reduce(0) { $0 + $1.active } }
+
+    func statementInfo(query: ByteBuffer, parameterTypes: [UInt32], searchPath: String?) -> StatementInfo {
+        let key = StatementMemoKey(query: query, parameterTypes: parameterTypes, searchPath: searchPath)
+        if let info = self.statementMemo[key] { return info }
+        // Copy the text out of the client's receive buffer so the memo does not keep that buffer alive.
+        let info = StatementInfo(query: ByteBuffer(bytes: query.readableBytesView), parameterTypes: parameterTypes, searchPath: searchPath)
+        if self.statementMemo.count >= Self.statementMemoLimit { self.statementMemo.removeAll(keepingCapacity: true) }
+        self.statementMemo[StatementMemoKey(query: info.query, parameterTypes: parameterTypes, searchPath: searchPath)] = info
+        return info
+    }
+}
+
+struct StatementMemoKey: Hashable {
+    var query: ByteBuffer
+    var parameterTypes: [UInt32]
+    var searchPath: String?
+}
+
+/// What Tidegate knows of a statement text.
+struct StatementInfo {
+    /// The name under which server connections prepare it: a hash of text, parameter types and the
+    /// client's settings (`searchPath` carries the settings fingerprint: search_path,
+    /// standard_conforming_strings, TimeZone… change what the text means when parsed).
+    let serverName: String
+    /// The text as the client sent it (its encoding), forwarded unchanged.
+    let query: ByteBuffer
+    let parameterTypes: [UInt32]
+    let effect: SessionEffect
+    let statementClass: StatementClass
+
+    init(query: ByteBuffer, parameterTypes: [UInt32], searchPath: String?) {
+        self.query = query
+        self.parameterTypes = parameterTypes
+        var first = FNV1a64()
+        var second = FNV1a64(offset: 0x6c62_272e_07bb_0142)
+        for byte in query.readableBytesView {
+            first.add(byte)
+            second.add(byte ^ 0x5A)
+        }
+        for oid in parameterTypes {
+            for shift in stride(from: 0, to: 32, by: 8) {
+                first.add(UInt8(truncatingIfNeeded: oid >> UInt32(shift)))
+                second.add(UInt8(truncatingIfNeeded: oid >> UInt32(shift)))
+            }
+        }
+        first.add(0)
+        for byte in (searchPath ?? "").utf8 {
+            first.add(byte)
+            second.add(byte)
+        }
+        self.serverName = "tg_" + String(first.value, radix: 16) + "_" + String(second.value, radix: 16)
+        let statements = SQLLexer.statements(in: String(buffer: query))
+        self.effect = statements.first.map { SessionEffectClassifier.classify($0) } ?? .none
+        self.statementClass = StatementClass.of(firstWord: statements.first?.leadingWords.first)
+    }
+}
+
+struct FNV1a64 {
+    private(set) var value: UInt64
+
+    init(offset: UInt64 = 0xcbf2_9ce4_8422_2325) { self.value = offset }
+
+    mutating func add(_ byte: UInt8) {
+        self.value ^= UInt64(byte)
+        self.value = self.value &* 0x100_0000_01b3
+    }
+}

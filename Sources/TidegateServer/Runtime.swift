@@ -1,0 +1,118 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import Synchronization
+
+/// State shared by every event loop: the configuration (swapped on reload), the metrics, the cancel-key
+/// registry, and each loop's shard. Hot paths read the configuration through one uncontended lock.
+public final class Runtime: Sendable {
+    private let configBox: NIOLockedValueBox<TidegateConfig>
+    let configPath: String?
+    let configOverrides: [String: String]
+    let metrics = TidegateMetrics()
+    let cancelKeys = CancelKeyRegistry()
+    let clientCount = Atomic<Int>(0)
+    let startedAt = NIODeadline.now()
+    let logger: Logger
+    private let shardsBox = NIOLockedValueBox([LoopShardReference]())
+
+    init(config: TidegateConfig, configPath: String?, overrides: [String: String], logger: Logger) {
+        self.configBox = NIOLockedValueBox(config)
+        self.configPath = configPath
+        self.configOverrides = overrides
+        self.logger = logger
+    }
+
+    var config: TidegateConfig { self.configBox.withLockedValue { $0 } }
+
+    func replaceConfig(_ config: TidegateConfig) {
+        self.configBox.withLockedValue { $0 = config }
+        for reference in self.shards {
+            reference.loop.execute { reference.shard.value.config = config }
+        }
+    }
+
+    func node(named name: String) -> TidegateConfig.Node? {
+        name == "primary" ? self.config.primary : nil
+    }
+
+    var shards: [LoopShardReference] { self.shardsBox.withLockedValue { $0 } }
+
+    func addShard(_ reference: LoopShardReference) {
+        self.shardsBox.withLockedValue { $0.append(reference) }
+    }
+
+    /// Runs `body` on every loop's shard and collects the results.
+    func gather<T: Sendable>(_ body: @escaping @Sendable (LoopShard) -> T) async throws -> [T] {
+        var results: [T] = []
+        for reference in self.shards {
+            let value = try await reference.loop.submit { body(reference.shard.value) }.get()
+            results.append(value)
+        }
+        return results
+    }
+}
+
+/// A loop's shard, reachable from other threads only by submitting work to its loop.
+struct LoopShardReference: Sendable {
+    let loop: any EventLoop
+    let shard: NIOLoopBound<LoopShard>
+}
+
+/// Maps the cancel keys Tidegate issues to the client sessions holding them.
+final class CancelKeyRegistry: Sendable {
+    struct Entry: Sendable {
+        var secretKey: Int32
+        var loop: any EventLoop
+        var session: NIOLoopBound<ClientSession>
+    }
+
+    private let entries = NIOLockedValueBox([Int32: Entry]())
+    private let nextProcessID = NIOLockedValueBox(Int32(10_000))
+
+    /// Issues a (process id, secret key) pair for a session.
+    func register(_ session: ClientSession, loop: any EventLoop) -> (Int32, Int32) {
+        let secret = Int32.random(in: Int32.min...Int32.max)
+        let bound = NIOLoopBound(session, eventLoop: loop)
+        return self.entries.withLockedValue { entries in
+            var pid: Int32 = 0
+            self.nextProcessID.withLockedValue { next in
+                repeat {
+                    next = next == Int32.max ? 10_000 : next + 1
+                } while entries[next] != nil
+                pid = next
+            }
+            entries[pid] = Entry(secretKey: secret, loop: loop, session: bound)
+            return (pid, secret)
+        }
+    }
+
+    func unregister(_ processID: Int32) {
+        _ = self.entries.withLockedValue { $0.removeValue(forKey: processID) }
+    }
+
+    /// The entry for a cancel request, only if the secret matches.
+    func lookup(processID: Int32, secretKey: Int32) -> Entry? {
+        self.entries.withLockedValue { entries in
+            guard let entry = entries[processID], entry.secretKey == secretKey else { return nil }
+            return entry
+        }
+    }
+}
+
+extension Runtime {
+    /// Re-reads the configuration file. Listen addresses and thread count apply at the next start; users,
+    /// limits and pool settings apply to new work at once; connected clients are not dropped.
+    func reload() async throws {
+        guard let path = self.configPath else { return }
+        let config = try await TidegateConfig.load(path: path, overrides: self.configOverrides)
+        let old = self.config
+        var merged = config
+        merged.listen.host = old.listen.host
+        merged.listen.port = old.listen.port
+        merged.http = old.http
+        merged.threads = old.threads
+        self.replaceConfig(merged)
+        self.logger.info("configuration reloaded", metadata: ["path": "\(path)"])
+    }
+}

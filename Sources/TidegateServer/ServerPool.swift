@@ -1,0 +1,274 @@
+import DequeModule
+import Logging
+import NIOCore
+import PostgresWire
+
+/// A pool is keyed by (database, user, node).
+struct PoolKey: Hashable, Sendable, CustomStringConvertible {
+    var database: String
+    var user: String
+    var node: String
+    var description: String { "\(self.user)/\(self.database)@\(self.node)" }
+}
+
+/// The server connections of one (database, user, node) on one event loop. Confined to that loop.
+// @unchecked Sendable: confined to one event loop; every access happens on that loop (callbacks of
+// futures created on it run there too), so no two threads ever touch it.
+final class ServerPool: @unchecked Sendable {
+    struct Waiter {
+        var id: Int
+        var promise: EventLoopPromise<ServerConnection>
+        var timeout: Scheduled<Void?>?
+        var enqueuedAt: NIODeadline
+    }
+
+    let key: PoolKey
+    let loop: any EventLoop
+    let runtime: Runtime
+    unowned let shard: LoopShard
+    let logger: Logger
+    private(set) var idle: [ServerConnection] = []
+    private(set) var all: [Int: ServerConnection] = [:]
+    private var connecting = 0
+    private var waiters = Deque<Waiter>()
+    private var nextWaiterID = 0
+    var paused = false
+    // Statistics.
+    var totalWaits = 0
+    var totalWaitNanos: Int64 = 0
+    var maxWaitNanos: Int64 = 0
+    var totalCheckouts = 0
+
+    init(key: PoolKey, shard: LoopShard, logger: Logger) {
+        self.key = key
+        self.loop = shard.loop
+        self.runtime = shard.runtime
+        self.shard = shard
+        var logger = logger
+        logger[metadataKey: "tidegate.pool"] = "\(key)"
+        self.logger = logger
+    }
+
+    var waiting: Int { self.waiters.count }
+    var active: Int { self.all.values.filter { !$0.isIdle }.count }
+    var size: Int { self.all.count + self.connecting }
+
+    /// This loop's share of pool.max_size.
+    var maxSize: Int {
+        let config = self.shard.config
+        return max(1, (config.pool.maxSize + config.threads - 1) / config.threads)
+    }
+
+    /// An idle server connection that needs no liveness check, at once, or nil.
+    func checkoutImmediately() -> ServerConnection? {
+        guard !self.paused, self.waiters.isEmpty, let server = self.idle.last, !server.isClosed else { return nil }
+        let check = self.shard.config.pool.livenessCheckAfterMs
+        if check > 0 && NIODeadline.now() - server.lastUsedAt > .milliseconds(Int64(check)) { return nil }
+        self.idle.removeLast()
+        self.totalCheckouts += 1
+        return server
+    }
+
+    /// A server connection for the caller, now or when one is free.
+    func checkout() -> EventLoopFuture<ServerConnection> {
+        self.loop.assertInEventLoop()
+        self.totalCheckouts += 1
+        if !self.paused, let server = self.takeIdle() {
+            return self.ready(server)
+        }
+        let promise = self.loop.makePromise(of: ServerConnection.self)
+        let config = self.shard.config
+        self.nextWaiterID += 1
+        let id = self.nextWaiterID
+        let timeout = self.loop.scheduleTask(in: .milliseconds(Int64(config.pool.checkoutTimeoutMs))) { [weak self] in
+            self?.expireWaiter(id)
+        }
+        self.waiters.append(Waiter(id: id, promise: promise, timeout: timeout, enqueuedAt: .now()))
+        self.growIfNeeded()
+        return promise.futureResult
+    }
+
+    /// Gives a server back. It goes to the first waiter or to the idle list.
+    func release(_ server: ServerConnection) {
+        self.loop.assertInEventLoop()
+        server.detach()
+        let config = self.shard.config
+        if server.isClosed || server.mustClose {
+            self.remove(server)
+            return
+        }
+        if server.cancelsInFlight > 0 {
+            // A cancel sent for the previous owner's query may still arrive: keep the connection out of
+            // circulation until the cancel request is done.
+            return
+        }
+        if NIODeadline.now() - server.createdAt > .milliseconds(Int64(config.pool.serverLifetimeMs)) {
+            self.remove(server)
+            server.close()
+            self.growIfNeeded()
+            return
+        }
+        self.idle.append(server)
+        self.serveWaiters()
+    }
+
+    /// A cancel request for `server` finished; it may go back to the pool if nobody owns it.
+    func cancelFinished(_ server: ServerConnection) {
+        server.cancelsInFlight -= 1
+        if server.cancelsInFlight == 0 && server.owner == nil && !server.isClosed && !self.idle.contains(where: { $0 === server }) {
+            self.release(server)
+        }
+    }
+
+    /// Drops a server that is broken or must not be reused.
+    func discard(_ server: ServerConnection) {
+        server.detach()
+        self.remove(server)
+        server.close()
+        self.growIfNeeded()
+    }
+
+    private func remove(_ server: ServerConnection) {
+        self.all.removeValue(forKey: server.id)
+        self.idle.removeAll { $0 === server }
+    }
+
+    private func takeIdle() -> ServerConnection? {
+        while let server = self.idle.popLast() {
+            if server.isClosed {
+                self.remove(server)
+                continue
+            }
+            return server
+        }
+        return nil
+    }
+
+    /// Runs the liveness check on a server that sat idle for long, then hands it over.
+    private func ready(_ server: ServerConnection) -> EventLoopFuture<ServerConnection> {
+        let config = self.shard.config
+        let idleFor = NIODeadline.now() - server.lastUsedAt
+        if config.pool.livenessCheckAfterMs > 0 && idleFor > .milliseconds(Int64(config.pool.livenessCheckAfterMs)) {
+            return server.runInternal("").flatMap { server.loop.makeSucceededFuture(server) }.flatMapError {
+                [self] error in
+                self.logger.info("idle server connection failed its liveness check; replacing it", metadata: ["error": "\(error)"])
+                self.discard(server)
+                return self.checkout()
+            }
+        }
+        return self.loop.makeSucceededFuture(server)
+    }
+
+    private func serveWaiters() {
+        while !self.paused, !self.waiters.isEmpty, let server = self.takeIdle() {
+            let waiter = self.waiters.removeFirst()
+            waiter.timeout?.cancel()
+            self.recordWait(since: waiter.enqueuedAt)
+            self.ready(server).cascade(to: waiter.promise)
+        }
+    }
+
+    private func recordWait(since: NIODeadline) {
+        let nanos = (NIODeadline.now() - since).nanoseconds
+        self.totalWaits += 1
+        self.totalWaitNanos += nanos
+        self.maxWaitNanos = max(self.maxWaitNanos, nanos)
+        self.runtime.metrics.poolWait.recordNanoseconds(nanos)
+    }
+
+    private func expireWaiter(_ id: Int) {
+        guard let index = self.waiters.firstIndex(where: { $0.id == id }) else { return }
+        let waiter = self.waiters.remove(at: index)
+        let config = self.shard.config
+        waiter.promise.fail(
+            TidegateError.poolTimeout(
+                "no server connection for \(self.key) became free within \(config.pool.checkoutTimeoutMs) ms (pool.max_size \(config.pool.maxSize))"
+            ))
+    }
+
+    /// Opens connections while clients wait and the pool has room.
+    func growIfNeeded() {
+        guard !self.paused else { return }
+        while self.connecting < self.waiters.count && self.size < self.maxSize {
+            self.openConnection()
+        }
+    }
+
+    /// Keeps at least this loop's share of min_size open; closes connections idle too long.
+    func maintain() {
+        let config = self.shard.config
+        let now = NIODeadline.now()
+        let minShare = (config.pool.minSize + config.threads - 1) / config.threads
+        var excess = self.all.count - minShare
+        for server in self.idle where excess > 0 {
+            if now - server.lastUsedAt > .milliseconds(Int64(config.pool.idleTimeoutMs))
+                || now - server.createdAt > .milliseconds(Int64(config.pool.serverLifetimeMs))
+            {
+                self.remove(server)
+                server.close()
+                excess -= 1
+            }
+        }
+        while self.size < minShare { self.openConnection() }
+    }
+
+    private func openConnection() {
+        let config = self.shard.config
+        guard let node = self.runtime.node(named: self.key.node) else { return }
+        let user = config.users[self.key.user]
+        let password = user?.backendPassword ?? user.flatMap { SCRAMVerifier.looksLikeVerifier($0.password) ? nil : $0.password }
+        let server = ServerConnection(
+            key: self.key, node: node, loop: self.loop, password: password.flatMap { $0.isEmpty ? nil : $0 },
+            logger: self.logger)
+        self.connecting += 1
+        self.runtime.metrics.serverConnects.increment()
+        server.connect(
+            connectTimeout: .milliseconds(Int64(config.pool.connectTimeoutMs)),
+            maxMessageBytes: config.limits.maxMessageBytes
+        ).whenComplete { [self] result in
+            self.connecting -= 1
+            switch result {
+            case .success:
+                self.all[server.id] = server
+                server.channel?.closeFuture.whenComplete { [weak self, weak server] _ in
+                    guard let self, let server else { return }
+                    self.remove(server)
+                }
+                self.idle.append(server)
+                self.serveWaiters()
+            case .failure(let error):
+                self.logger.warning("server login failed", metadata: ["error": "\(error)"])
+                self.runtime.metrics.serverConnectFailures.increment()
+                // A login failure fails every client that is waiting: the next attempt would fail alike.
+                while !self.waiters.isEmpty {
+                    let waiter = self.waiters.removeFirst()
+                    waiter.timeout?.cancel()
+                    waiter.promise.fail(error)
+                }
+            }
+        }
+    }
+
+    /// Snapshot rows for SHOW SERVERS.
+    func serverRows() -> [[String?]] {
+        self.all.values.sorted { $0.id < $1.id }.map { server in
+            [
+                "\(server.id)", self.key.user, self.key.database, self.key.node, "\(server.node.host):\(server.node.port)",
+                server.stateName, "\(server.backendKey.processID)", server.ownerDescription.isEmpty ? nil : server.ownerDescription,
+                "\(server.prepared.count)", "\(Int((NIODeadline.now() - server.createdAt).nanoseconds / 1_000_000_000))",
+            ]
+        }
+    }
+
+    func closeAll() {
+        for server in self.all.values { server.close() }
+        self.all.removeAll()
+        self.idle.removeAll()
+    }
+
+    func resume() {
+        self.paused = false
+        self.serveWaiters()
+        self.growIfNeeded()
+    }
+}

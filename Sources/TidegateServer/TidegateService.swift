@@ -1,0 +1,137 @@
+import Logging
+import Metrics
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import PostgresWire
+import Prometheus
+import ServiceLifecycle
+import UnixSignals
+
+/// The proxy as a service: listens for clients and for HTTP, reloads on SIGHUP, and on graceful shutdown
+/// stops accepting, lets open transactions finish up to `shutdown_timeout_ms`, then closes.
+public final class TidegateService: Service, Sendable {
+    public let runtime: Runtime
+    let group: MultiThreadedEventLoopGroup
+    let registry: PrometheusCollectorRegistry
+    let logger: Logger
+    private let boundAddress = NIOLockedValueBox<SocketAddress?>(nil)
+
+    public init(config: TidegateConfig, configPath: String?, overrides: [String: String], registry: PrometheusCollectorRegistry, logger: Logger) {
+        self.runtime = Runtime(config: config, configPath: configPath, overrides: overrides, logger: logger)
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: config.threads)
+        self.registry = registry
+        self.logger = logger
+    }
+
+    /// The address clients connect to, once listening.
+    public var localAddress: SocketAddress? { self.boundAddress.withLockedValue { $0 } }
+
+    public func run() async throws {
+        let config = self.runtime.config
+        for loop in self.group.makeIterator() {
+            let runtime = self.runtime
+            let logger = self.logger
+            let reference = try await loop.submit {
+                let shard = LoopShard(loop: loop, runtime: runtime, logger: logger)
+                shard.start()
+                return LoopShardReference(loop: loop, shard: NIOLoopBound(shard, eventLoop: loop))
+            }.get()
+            self.runtime.addShard(reference)
+        }
+        let sslContext: NIOSSLContext?
+        if config.listen.tlsEnabled {
+            var tls = TLSConfiguration.makeServerConfiguration(
+                certificateChain: try NIOSSLCertificate.fromPEMFile(config.listen.tlsCertificate).map { .certificate($0) },
+                privateKey: .privateKey(try NIOSSLPrivateKey(file: config.listen.tlsPrivateKey, format: .pem)))
+            tls.minimumTLSVersion = .tlsv12
+            sslContext = try NIOSSLContext(configuration: tls)
+        } else {
+            sslContext = nil
+        }
+        let runtime = self.runtime
+        let logger = self.logger
+        let server = try await ServerBootstrap(group: self.group)
+            .serverChannelOption(.backlog, value: 4096)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.socketOption(.so_keepalive), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    guard let reference = runtime.shards.first(where: { $0.loop === channel.eventLoop }) else {
+                        throw TidegateError.serverUnavailable("no shard for event loop")
+                    }
+                    let session = ClientSession(
+                        runtime: runtime, shard: reference.shard.value, sslContext: sslContext,
+                        remoteAddress: channel.remoteAddress?.description ?? "?", logger: logger)
+                    try channel.pipeline.syncOperations.addHandler(session)
+                }
+            }
+            .bind(host: config.listen.host, port: config.listen.port).get()
+        self.boundAddress.withLockedValue { $0 = server.localAddress }
+        self.logger.info(
+            "Tidegate listening", metadata: ["address": "\(server.localAddress?.description ?? "?")", "pool.mode": "\(config.pool.mode.rawValue)"])
+
+        var http: (any Channel)?
+        if config.http.port > 0 {
+            let registry = self.registry
+            let readiness: @Sendable () -> Bool = { true }
+            http = try await ServerBootstrap(group: self.group)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelInitializer { channel in
+                    channel.pipeline.configureHTTPServerPipeline().flatMapThrowing {
+                        try channel.pipeline.syncOperations.addHandler(HTTPEndpointHandler(registry: registry, readiness: readiness))
+                    }
+                }
+                .bind(host: config.http.host, port: config.http.port).get()
+            self.logger.info("HTTP endpoint listening", metadata: ["address": "\(http?.localAddress?.description ?? "?")"])
+        }
+
+        try await withTaskCancellationOrGracefulShutdownHandler {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    let signals = await UnixSignalsSequence(trapping: .sighup)
+                    for await _ in signals {
+                        do {
+                            try await runtime.reload()
+                        } catch {
+                            logger.error("reload failed; keeping the previous configuration", metadata: ["error": "\(error)"])
+                        }
+                    }
+                }
+                group.addTask {
+                    try? await server.closeFuture.get()
+                }
+                await group.next()
+                group.cancelAll()
+            }
+        } onCancelOrGracefulShutdown: {
+            logger.info("shutting down: no new clients; waiting for open transactions")
+            server.close(promise: nil)
+        }
+        try? await http?.close()
+        await self.drain()
+        try await self.group.shutdownGracefully()
+    }
+
+    /// Waits until no client holds a server connection (transactions finished), up to the deadline,
+    /// then closes every client and server connection.
+    private func drain() async {
+        let deadline = ContinuousClock.now + .milliseconds(self.runtime.config.shutdownTimeoutMs)
+        while ContinuousClock.now < deadline {
+            let busy = (try? await self.runtime.gather { shard in shard.sessions.values.filter { $0.serverID != nil }.count }) ?? []
+            if busy.reduce(0, +) == 0 { break }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        _ = try? await self.runtime.gather { shard in
+            for session in shard.sessions.values {
+                session.fatal(
+                    ErrorFields(severity: "FATAL", sqlState: "57P01", message: "terminating connection due to administrator command"))
+            }
+            shard.stop()
+        }
+        try? await Task.sleep(for: .milliseconds(100))
+    }
+}
