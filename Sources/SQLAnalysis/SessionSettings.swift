@@ -1,7 +1,13 @@
 /// The session-level settings a client has made (SET, RESET, startup parameters), in order, so they
 /// can be replayed on whichever server connection the client gets next.
 public struct SessionSettings: Sendable, Equatable {
-    public private(set) var entries: [(name: String, statement: String)] = []
+    public private(set) var entries: [(name: String, statement: String)] = [] {
+        didSet { self.statements = self.entries.map(\.statement) }
+    }
+
+    /// The statements to run, in order, to recreate these settings after RESET ALL. Kept up to date
+    /// on every change, so reading it (on every server checkout) allocates nothing.
+    public private(set) var statements: [String] = []
 
     public init() {}
 
@@ -9,8 +15,6 @@ public struct SessionSettings: Sendable, Equatable {
         lhs.entries.elementsEqual(rhs.entries, by: { $0.name == $1.name && $0.statement == $1.statement })
     }
 
-    /// The statements to run, in order, to recreate these settings after RESET ALL.
-    public var statements: [String] { self.entries.map(\.statement) }
 
     public var isEmpty: Bool { self.entries.isEmpty }
 

@@ -86,7 +86,12 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         if let cached = self.cachedFingerprint { return cached }
         var parts = self.settings.statements
         for effect in self.pendingEffects { parts.append("\(effect)") }
-        let fingerprint = parts.joined(separator: "\u{1}")
+        var hash = FNV1a64()
+        for part in parts {
+            for byte in part.utf8 { hash.add(byte) }
+            hash.add(1)
+        }
+        let fingerprint = parts.isEmpty ? "" : String(hash.value, radix: 36)
         self.cachedFingerprint = fingerprint
         return fingerprint
     }
@@ -242,9 +247,12 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         }
     }
 
+    /// Shared by every idle session, so an idle client holds no receive buffer of its own.
+    private static let emptyBuffer = ByteBuffer()
+
     private func compact() {
         if self.inbound.readableBytes == 0 {
-            self.inbound.clear()
+            self.inbound = Self.emptyBuffer
         } else if self.inbound.readerIndex > 65536 {
             self.inbound.discardReadBytes()
         }
@@ -377,8 +385,17 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             self.sendLoginCompletion(parameters: AdminSession.parameters)
             return
         }
+        let pool = self.shard.pool(for: PoolKey(database: self.database, user: self.userName, node: "primary"))
+        self.pool = pool
+        if let parameters = pool.loginParameters[self.settings.statements] {
+            // A client with the same startup settings logged in before: its parameters are known, so
+            // the login needs no server connection (and succeeds while every one is busy).
+            self.startupTimer?.cancel()
+            self.phase = .ready
+            self.sendLoginCompletion(parameters: parameters)
+            return
+        }
         self.phase = .loggingIn
-        self.pool = self.shard.pool(for: PoolKey(database: self.database, user: self.userName, node: "primary"))
         self.acquireServer()
     }
 
@@ -471,6 +488,11 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                     return
                 }
                 if frame.id == FrontendMessageID.flush.rawValue && self.pending.isEmpty { return }
+                if self.pending.isEmpty && !self.checkoutInProgress, let server = self.takeServerImmediately() {
+                    self.attach(server)
+                    self.process(frame)
+                    return
+                }
                 self.enqueue(frame)
                 self.acquireServer()
                 return
@@ -499,8 +521,11 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         do {
             switch id {
             case .query:
-                let query = try FrontendMessage.query(frame)
-                let analysis = self.shard.queryAnalysis(query)
+                var body = frame.body
+                guard let queryBytes = body.readNullTerminatedBytes(), body.readableBytes == 0 else {
+                    throw WireError.malformedMessage("Query")
+                }
+                let analysis = self.shard.queryAnalysis(queryBytes)
                 var rewrite = false
                 for effect in analysis.effects {
                     switch effect {
@@ -513,7 +538,8 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 self.unnamed = nil
                 self.startRequest(analysis.statementClass)
                 if rewrite {
-                    let (rewritten, effects, hidden) = self.rewriteSessionStatements(query, effects: analysis.effects)
+                    let (rewritten, effects, hidden) = self.rewriteSessionStatements(
+                        String(buffer: queryBytes), effects: analysis.effects)
                     var buffer = ByteBuffer()
                     FrontendEncoder.query(&buffer, rewritten)
                     server.write(buffer)
@@ -920,13 +946,10 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
 
     private func acquireServer() {
         guard !self.checkoutInProgress, self.server == nil, let pool = self.pool else { return }
-        if case .ready = self.phase, let server = pool.checkoutImmediately() {
-            if server.appliedSettings == self.settings.statements {
-                self.attach(server)
-                self.drainPending()
-                return
-            }
-            pool.release(server)
+        if let server = self.takeServerImmediately() {
+            self.attach(server)
+            self.drainPending()
+            return
         }
         self.checkoutInProgress = true
         pool.checkout().flatMap { server in
@@ -942,6 +965,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                     self.attach(server)
                     self.startupTimer?.cancel()
                     self.phase = .ready
+                    pool.rememberLoginParameters(server.parameters, for: self.settings.statements)
                     self.sendLoginCompletion(parameters: server.parameters)
                     self.drainPending()
                 case .ready:
@@ -954,6 +978,14 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 self.fatal(fields)
             }
         }
+    }
+
+    /// An idle server connection with this client's settings, without waiting, or nil.
+    private func takeServerImmediately() -> ServerConnection? {
+        guard case .ready = self.phase, let pool = self.pool, let server = pool.checkoutImmediately() else { return nil }
+        if server.appliedSettings == self.settings.statements { return server }
+        pool.release(server)
+        return nil
     }
 
     /// Brings a server connection to this client's settings: RESET ALL, then the client's SETs.

@@ -26,18 +26,20 @@ final class LoopShard: @unchecked Sendable {
     var errors = 0
 
     /// Memo of simple-query analysis by text: one effect per statement and the class of the first.
-    private var queryMemo: [String: (effects: [SessionEffect], statementClass: StatementClass)] = [:]
+    private var queryMemo: [ByteBuffer: (effects: [SessionEffect], statementClass: StatementClass)] = [:]
 
-    func queryAnalysis(_ query: String) -> (effects: [SessionEffect], statementClass: StatementClass) {
+    /// `query` is the Query message's text bytes (without the terminating zero).
+    func queryAnalysis(_ query: ByteBuffer) -> (effects: [SessionEffect], statementClass: StatementClass) {
         if let analysis = self.queryMemo[query] { return analysis }
-        let statements = SQLLexer.statements(in: query)
+        let statements = SQLLexer.statements(in: String(buffer: query))
         let analysis = (
             statements.map { SessionEffectClassifier.classify($0) },
             StatementClass.of(firstWord: statements.first?.leadingWords.first)
         )
-        if query.utf8.count <= 4096 {
+        if query.readableBytes <= 4096 {
             if self.queryMemo.count >= Self.statementMemoLimit { self.queryMemo.removeAll(keepingCapacity: true) }
-            self.queryMemo[query] = analysis
+            // A copy, so the memo does not keep the client's receive buffer alive.
+            self.queryMemo[ByteBuffer(bytes: query.readableBytesView)] = analysis
         }
         return analysis
     }

@@ -177,8 +177,13 @@ final class ServerConnection: ChannelInboundHandler, @unchecked Sendable {
         self.channel?.flush()
     }
 
+    private var autoRead = true
+
+    /// Turns reading from the server on or off (backpressure); a no-op when already so.
     func setAutoRead(_ on: Bool) {
-        _ = self.channel?.setOption(ChannelOptions.autoRead, value: on)
+        guard on != self.autoRead, let channel = self.channel else { return }
+        self.autoRead = on
+        channel.setOption(ChannelOptions.autoRead, value: on).whenFailure { _ in }
     }
 
     var isWritable: Bool { self.channel?.isWritable ?? false }

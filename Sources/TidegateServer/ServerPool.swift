@@ -33,6 +33,9 @@ final class ServerPool: @unchecked Sendable {
     private var waiters = Deque<Waiter>()
     private var nextWaiterID = 0
     var paused = false
+    /// The ParameterStatus values a login with these startup settings produced, so the next such login
+    /// can be answered without a server connection.
+    private(set) var loginParameters: [[String]: [String: String]] = [:]
     // Statistics.
     var totalWaits = 0
     var totalWaitNanos: Int64 = 0
@@ -57,6 +60,11 @@ final class ServerPool: @unchecked Sendable {
     var maxSize: Int {
         let config = self.shard.config
         return max(1, (config.pool.maxSize + config.threads - 1) / config.threads)
+    }
+
+    func rememberLoginParameters(_ parameters: [String: String], for settings: [String]) {
+        if self.loginParameters.count >= 1_000 { self.loginParameters.removeAll() }
+        self.loginParameters[settings] = parameters
     }
 
     /// An idle server connection that needs no liveness check, at once, or nil.

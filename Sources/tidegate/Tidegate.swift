@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import ArgumentParser
 import Logging
 import Metrics
@@ -57,6 +60,7 @@ struct Serve: AsyncParsableCommand {
             FileHandleOutput.standardError(error.description)
             throw ExitCode(2)
         }
+        raiseOpenFileLimit()
         let level = Logger.Level(rawValue: config.logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -105,4 +109,12 @@ struct StandardErrorStream: TextOutputStream {
     mutating func write(_ string: String) {
         FileHandle.standardError.write(Data(string.utf8))
     }
+}
+
+/// Every client is a file descriptor: raise the soft limit to the hard limit, as PgBouncer does.
+func raiseOpenFileLimit() {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+    limit.rlim_cur = limit.rlim_max
+    _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
 }

@@ -26,6 +26,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 _SESSION_PROXY: dict[str, h.Proxy] = {}
+_SPAWNED: list[h.Proxy] = []  # instances started by spawn_proxy for the running test
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -36,6 +37,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any):
         p = _SESSION_PROXY.get("proxy")
         if p is not None and p.managed:
             rep.sections.append((f"{p.name} log tail ({p.log_path})", p.log_tail(40)))
+        for sp in list(_SPAWNED):
+            rep.sections.append((f"{sp.name} log tail ({sp.log_path})", sp.log_tail(40)))
 
 
 @pytest.fixture(scope="session")
@@ -115,11 +118,14 @@ def spawn_proxy(proxy: h.Proxy, tmp_path_factory: pytest.TempPathFactory):
         except h.ProxyStartError as e:
             pytest.fail(str(e), pytrace=False)
         started.append(p)
+        _SPAWNED.append(p)
         return p
 
     yield spawn
     for p in started:
         p.stop()
+        if p in _SPAWNED:
+            _SPAWNED.remove(p)
 
 
 @pytest.fixture

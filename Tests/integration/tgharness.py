@@ -164,6 +164,7 @@ class Proxy:
     log_path: Path | None = None
     config: dict | None = None
     name: str = "proxy"
+    config_path: Path | None = None  # the config file the suite wrote (Tidegate instances)
 
     @property
     def admin_db(self) -> str:
@@ -281,7 +282,7 @@ def start_tidegate(workdir: Path, port: int, http_port: int,
     log.close()
     proxy = Proxy("tidegate", HOST, port, http=(HOST, http_port) if http_port else None,
                   managed=True, process=proc, workdir=workdir, log_path=log_path, config=cfg,
-                  name=name)
+                  name=name, config_path=cfg_path)
     _wait_listening(proxy, startup_timeout)
     return proxy
 
