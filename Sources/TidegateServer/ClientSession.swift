@@ -765,8 +765,26 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
 
     // MARK: Server messages
 
-    func serverFrame(_ frame: PostgresFrame, from server: ServerConnection) {
-        guard let context = self.context else { return }
+    /// Server messages forwarded as they are, held back to go out as one slice of the server's receive
+    /// buffer: (buffer, start, end).
+    private var run: (buffer: ByteBuffer, start: Int, end: Int)?
+
+    /// Writes the held-back run of forwarded server messages. Called before any other write to the
+    /// client, so everything goes out in order.
+    private func flushRun() {
+        guard let run = self.run else { return }
+        self.run = nil
+        if let slice = run.buffer.getSlice(at: run.start, length: run.end - run.start) {
+            self.context?.write(NIOAny(slice), promise: nil)
+        }
+    }
+
+    func serverBufferDone(_ server: ServerConnection) {
+        self.flushRun()
+    }
+
+    func serverFrame(_ frame: PostgresFrame, in buffer: ByteBuffer, at offset: Int, from server: ServerConnection) {
+        guard self.context != nil else { return }
         self.events.removeAll(keepingCapacity: true)
         var output = self.tracker.received(frame, events: &self.events)
         if self.restoreStartupAtReady && frame.id == BackendMessageID.readyForQuery.rawValue && self.tracker.isIdle
@@ -799,7 +817,15 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 self.shard.errors += 1
                 if let sqlState = try? BackendMessage.errorFields(frame).sqlState { self.runtime.metrics.error(sqlState: sqlState) }
             }
-            context.write(NIOAny(frame.raw), promise: nil)
+            let end = offset + frame.raw.readableBytes
+            if let run = self.run, run.end == offset {
+                self.run = (run.buffer, run.start, end)
+            } else {
+                self.flushRun()
+                self.run = (buffer, offset, end)
+            }
+        } else {
+            self.flushRun()
         }
         self.handleEvents()
     }
@@ -813,6 +839,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             index += 1
             switch event {
             case .emit(let buffer):
+                self.flushRun()
                 self.context?.write(NIOAny(buffer), promise: nil)
             case .parseSucceeded:
                 break
@@ -913,6 +940,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             !self.copyIn, self.transactionStatus == .idle, let server = self.server, let pool = self.pool
         else { return }
         if case .ready = self.phase {} else { return }
+        self.flushRun()
         server.flush()
         self.context?.flush()
         server.appliedSettings = self.serverSettingsUnknown ? ["-- reset by DISCARD ALL"] : self.settings.statements
@@ -924,6 +952,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     }
 
     func serverReadComplete(_ server: ServerConnection) {
+        self.flushRun()
         self.context?.flush()
     }
 
@@ -1056,6 +1085,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     func fatal(_ fields: ErrorFields) {
         guard let context = self.context else { return }
         if case .closing = self.phase { return }
+        self.flushRun()
         self.phase = .closing
         if let sqlState = fields.sqlState { self.runtime.metrics.error(sqlState: sqlState) }
         var buffer = context.channel.allocator.buffer(capacity: 128)

@@ -7,7 +7,11 @@ import PostgresWire
 /// What a server connection reports to the client session that currently owns it. Called on the
 /// connection's event loop.
 protocol ServerConnectionOwner: AnyObject {
-    func serverFrame(_ frame: PostgresFrame, from server: ServerConnection)
+    /// One server message. `buffer` is the whole receive buffer it came from and `offset` its start in
+    /// it, so the owner can forward runs of messages with one write.
+    func serverFrame(_ frame: PostgresFrame, in buffer: ByteBuffer, at offset: Int, from server: ServerConnection)
+    /// The end of one receive buffer: forward what is held back.
+    func serverBufferDone(_ server: ServerConnection)
     func serverReadComplete(_ server: ServerConnection)
     func serverClosed(_ server: ServerConnection)
     func serverWritabilityChanged(_ server: ServerConnection, writable: Bool)
@@ -18,7 +22,7 @@ protocol ServerConnectionOwner: AnyObject {
 // @unchecked Sendable: confined to one event loop; every access happens on that loop (callbacks of
 // futures created on it run there too), so no two threads ever touch it.
 final class ServerConnection: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = PostgresFrame
+    typealias InboundIn = ByteBuffer
 
     enum State {
         case connecting(BackendStartupStateMachine, EventLoopPromise<Void>)
@@ -53,8 +57,16 @@ final class ServerConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Set when the connection must not be reused (error mid-transaction, protocol confusion).
     var mustClose = false
     var ownerDescription = ""
+    /// Bytes received and not yet decoded into whole messages.
+    private var inbound = ByteBuffer()
+    private var decoder: PostgresFrameDecoder
+    private static let emptyBuffer = ByteBuffer()
 
-    init(key: PoolKey, node: TidegateConfig.Node, loop: any EventLoop, password: String?, logger: Logger) {
+    init(
+        key: PoolKey, node: TidegateConfig.Node, loop: any EventLoop, password: String?, maxMessageBytes: Int,
+        logger: Logger
+    ) {
+        self.decoder = PostgresFrameDecoder(maxMessageBytes: maxMessageBytes)
         self.id = Self.nextID.next()
         self.key = key
         self.node = node
@@ -98,8 +110,6 @@ final class ServerConnection: ChannelInboundHandler, @unchecked Sendable {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        ByteToMessageHandler(PostgresFrameDecoder(maxMessageBytes: maxMessageBytes)))
                     try channel.pipeline.syncOperations.addHandler(self)
                 }
             }
@@ -210,7 +220,33 @@ final class ServerConnection: ChannelInboundHandler, @unchecked Sendable {
     // MARK: ChannelInboundHandler
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = self.unwrapInboundIn(data)
+        var buffer = self.unwrapInboundIn(data)
+        if self.inbound.readableBytes == 0 {
+            self.inbound = buffer
+        } else {
+            self.inbound.writeBuffer(&buffer)
+        }
+        do {
+            while true {
+                let offset = self.inbound.readerIndex
+                guard let frame = try self.decoder.decode(buffer: &self.inbound) else { break }
+                self.handle(frame, offset: offset, context: context)
+                if self.isClosed { break }
+            }
+        } catch {
+            self.logger.warning("server sent an invalid message; closing the connection", metadata: ["error": "\(error)"])
+            self.mustClose = true
+            context.close(promise: nil)
+        }
+        if case .owned = self.state { self.owner?.serverBufferDone(self) }
+        if self.inbound.readableBytes == 0 {
+            self.inbound = Self.emptyBuffer
+        } else if self.inbound.readerIndex > 65536 {
+            self.inbound.discardReadBytes()
+        }
+    }
+
+    private func handle(_ frame: PostgresFrame, offset: Int, context: ChannelHandlerContext) {
         switch self.state {
         case .owned:
             if frame.id == BackendMessageID.parameterStatus.rawValue,
@@ -219,7 +255,9 @@ final class ServerConnection: ChannelInboundHandler, @unchecked Sendable {
                 self.parameters[name] = value
             }
             if let owner = self.owner {
-                owner.serverFrame(frame, from: self)
+                var whole = self.inbound
+                whole.moveReaderIndex(to: offset)
+                owner.serverFrame(frame, in: whole, at: offset, from: self)
             } else {
                 self.mustClose = true
             }

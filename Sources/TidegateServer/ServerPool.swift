@@ -227,7 +227,7 @@ final class ServerPool: @unchecked Sendable {
         let password = user?.backendPassword ?? user.flatMap { SCRAMVerifier.looksLikeVerifier($0.password) ? nil : $0.password }
         let server = ServerConnection(
             key: self.key, node: node, loop: self.loop, password: password.flatMap { $0.isEmpty ? nil : $0 },
-            logger: self.logger)
+            maxMessageBytes: config.limits.maxMessageBytes, logger: self.logger)
         self.connecting += 1
         self.runtime.metrics.serverConnects.increment()
         server.connect(
