@@ -30,6 +30,63 @@ public enum SessionEffectClassifier {
         return result
     }
 
+    /// Keywords that start a statement with a session effect.
+    static let effectKeywords: Set<String> = [
+        "set", "reset", "discard", "deallocate", "listen", "prepare", "load", "declare", "create",
+    ]
+
+    /// A cheap look at raw query bytes: the lower-cased first word when the text is one statement whose
+    /// first word has no session effect and that mentions neither advisory locks nor set_config, or nil
+    /// when the text needs the full lexer. Most queries take this path.
+    public static func quickFirstWord(_ bytes: UnsafeRawBufferPointer) -> String? {
+        var index = 0
+        let count = bytes.count
+        // Leading white space and simple comments.
+        while index < count {
+            let byte = bytes[index]
+            if byte == 32 || byte == 9 || byte == 10 || byte == 13 {
+                index += 1
+            } else if byte == UInt8(ascii: "-") || byte == UInt8(ascii: "/") {
+                return nil
+            } else {
+                break
+            }
+        }
+        var word: [UInt8] = []
+        while index < count, word.count < 16 {
+            var byte = bytes[index]
+            if byte >= 65 && byte <= 90 { byte += 32 }
+            guard byte >= 97 && byte <= 122 else { break }
+            word.append(byte)
+            index += 1
+        }
+        guard !word.isEmpty, word.count < 16 else { return nil }
+        let first = String(decoding: word, as: UTF8.self)
+        if self.effectKeywords.contains(first) { return nil }
+        // One statement only (a trailing semicolon and white space are fine), with no quotes or
+        // dollar signs that could hide one, and no mention of advisory locks or set_config.
+        var sawSemicolon = false
+        var previous: UInt8 = 0
+        while index < count {
+            var byte = bytes[index]
+            if sawSemicolon && !(byte == 32 || byte == 9 || byte == 10 || byte == 13) { return nil }
+            switch byte {
+            case UInt8(ascii: ";"): sawSemicolon = true
+            case UInt8(ascii: "'"), UInt8(ascii: "\""), UInt8(ascii: "$"), UInt8(ascii: "-"), UInt8(ascii: "/"):
+                return nil
+            default:
+                if byte >= 65 && byte <= 90 { byte += 32 }
+                // "advisory" and "set_config" both contain these pairs: a cheap filter.
+                if (previous == UInt8(ascii: "a") && byte == UInt8(ascii: "d")) || (previous == UInt8(ascii: "t") && byte == UInt8(ascii: "_")) {
+                    return nil
+                }
+            }
+            previous = byte
+            index += 1
+        }
+        return first
+    }
+
     public static func classify(_ statement: SQLLexer.Statement) -> SessionEffect {
         let words = statement.leadingWords
         guard let first = words.first else { return .none }

@@ -65,7 +65,8 @@ struct AdminCommands {
         for row in rows.flatMap({ $0 }) {
             let key = "\(row[0] ?? "")/\(row[1] ?? "")/\(row[2] ?? "")"
             if var existing = merged[key] {
-                for index in 3...10 where index != 10 {
+                // Counts add up over the loops; max_size is one budget for all of them.
+                for index in 3...10 where index != 10 && index != 7 {
                     existing[index] = "\((Int(existing[index] ?? "0") ?? 0) + (Int(row[index] ?? "0") ?? 0))"
                 }
                 existing[10] = "\(max(Int(existing[10] ?? "0") ?? 0, Int(row[10] ?? "0") ?? 0))"

@@ -100,7 +100,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     private var restoreStartupAtReady = false
     /// The attached server's settings no longer match the client's (after DISCARD ALL): replay on next use.
     private var serverSettingsUnknown = false
-    private var reportedParameters: [String: String] = [:]
+    private var reportedParameters = ParameterSet()
     private(set) var pinReason: String?
     private var copyIn = false
     private(set) var transactionStatus = TransactionStatus.idle
@@ -110,7 +110,6 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     private var startupTimer: Scheduled<Void>?
     private var idleTimer: Scheduled<Void>?
     private var counted = false
-    private(set) var lastActivity = NIODeadline.now()
     private(set) var queries = 0
 
     init(runtime: Runtime, shard: LoopShard, sslContext: NIOSSLContext?, remoteAddress: String, logger: Logger) {
@@ -409,7 +408,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         for (name, value) in parameters.sorted(by: { $0.key < $1.key }) {
             BackendEncoder.parameterStatus(&buffer, name: name, value: value)
         }
-        self.reportedParameters = parameters
+        self.reportedParameters = ParameterSet(parameters)
         BackendEncoder.backendKeyData(&buffer, processID: processID, secretKey: secretKey)
         BackendEncoder.readyForQuery(&buffer, status: .idle)
         context.writeAndFlush(NIOAny(buffer), promise: nil)
@@ -457,7 +456,6 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     // MARK: Client messages
 
     private func handleFrame(_ frame: PostgresFrame) {
-        self.lastActivity = .now()
         switch self.phase {
         case .authenticating(var machine):
             let action = machine.received(frame)
@@ -994,8 +992,8 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                     self.attach(server)
                     self.startupTimer?.cancel()
                     self.phase = .ready
-                    pool.rememberLoginParameters(server.parameters, for: self.settings.statements)
-                    self.sendLoginCompletion(parameters: server.parameters)
+                    pool.rememberLoginParameters(server.parameters.values, for: self.settings.statements)
+                    self.sendLoginCompletion(parameters: server.parameters.values)
                     self.drainPending()
                 case .ready:
                     self.attach(server)
@@ -1046,8 +1044,10 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         if let context = self.context {
             server.setAutoRead(context.channel.isWritable)
             // Parameters that differ on this server connection (a setting this client did not make).
-            if case .ready = self.phase, !self.reportedParameters.isEmpty {
-                for (name, value) in server.parameters where self.reportedParameters[name] != value {
+            if case .ready = self.phase, !self.reportedParameters.isEmpty,
+                server.parameters.fingerprint != self.reportedParameters.fingerprint
+            {
+                for (name, value) in server.parameters.values where self.reportedParameters[name] != value {
                     var buffer = context.channel.allocator.buffer(capacity: 32)
                     BackendEncoder.parameterStatus(&buffer, name: name, value: value)
                     self.reportedParameters[name] = value

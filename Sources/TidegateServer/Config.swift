@@ -79,8 +79,9 @@ public struct TidegateConfig: Sendable, Equatable {
     public var primary = Node(host: "127.0.0.1", port: 5432)
     public var authMethod = ClientAuthMethod.scramSHA256
     public var users: [String: User] = [:]
-    /// Event-loop threads. Each serves its own clients with its own share of the pool.
-    public var threads = 1
+    /// Event-loop threads (0 in the file: one per CPU core). Each serves its own clients with its own
+    /// share of the pool.
+    public var threads = max(1, ProcessInfo.processInfo.activeProcessorCount)
     /// On SIGTERM, how long open transactions may run before their clients are disconnected.
     public var shutdownTimeoutMs = 30_000
     public var logLevel = "info"
@@ -226,7 +227,8 @@ extension TidegateConfig {
         } else {
             problems.append("auth.method: \"\(method)\" is not one of scram-sha-256, md5, trust")
         }
-        int("threads", &config.threads, min: 1, max: 256)
+        int("threads", &config.threads, min: 0, max: 256)
+        if config.threads == 0 { config.threads = max(1, ProcessInfo.processInfo.activeProcessorCount) }
         int("shutdown_timeout_ms", &config.shutdownTimeoutMs)
         string("log_level", &config.logLevel)
         if !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(config.logLevel) {

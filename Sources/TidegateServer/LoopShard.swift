@@ -25,24 +25,21 @@ final class LoopShard: @unchecked Sendable {
     var bytesOut = 0
     var errors = 0
 
-    /// Memo of simple-query analysis by text: one effect per statement and the class of the first.
-    private var queryMemo: [ByteBuffer: (effects: [SessionEffect], statementClass: StatementClass)] = [:]
-
-    /// `query` is the Query message's text bytes (without the terminating zero).
+    /// What a simple query does: one effect per statement, and the class of the first. Most queries are
+    /// settled by a quick scan of the bytes; the rest go through the lexer.
     func queryAnalysis(_ query: ByteBuffer) -> (effects: [SessionEffect], statementClass: StatementClass) {
-        if let analysis = self.queryMemo[query] { return analysis }
+        let quick = query.withUnsafeReadableBytes { SessionEffectClassifier.quickFirstWord($0) }
+        if let first = quick {
+            return (Self.noEffect, StatementClass.of(firstWord: first))
+        }
         let statements = SQLLexer.statements(in: String(buffer: query))
-        let analysis = (
+        return (
             statements.map { SessionEffectClassifier.classify($0) },
             StatementClass.of(firstWord: statements.first?.leadingWords.first)
         )
-        if query.readableBytes <= 4096 {
-            if self.queryMemo.count >= Self.statementMemoLimit { self.queryMemo.removeAll(keepingCapacity: true) }
-            // A copy, so the memo does not keep the client's receive buffer alive.
-            self.queryMemo[ByteBuffer(bytes: query.readableBytesView)] = analysis
-        }
-        return analysis
     }
+
+    private static let noEffect: [SessionEffect] = [.none]
 
     /// Memo of statement analysis by text: the server-side name and the session effect.
     private var statementMemo: [StatementMemoKey: StatementInfo] = [:]
@@ -74,6 +71,8 @@ final class LoopShard: @unchecked Sendable {
         self.pools[key] = pool
         return pool
     }
+
+    func existingPool(_ key: PoolKey) -> ServerPool? { self.pools[key] }
 
     func setPaused(_ paused: Bool) {
         self.paused = paused

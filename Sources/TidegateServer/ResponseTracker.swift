@@ -106,8 +106,12 @@ struct ResponseTracker {
         switch id {
         case .dataRow:
             return self.inHiddenStep ? .swallow : .forward
-        case .parameterStatus, .noticeResponse, .notificationResponse, .copyData, .functionCallResponse,
-            .parameterDescription:
+        case .noticeResponse:
+            // A warning raised while parsing a statement Tidegate re-prepared (the client prepared it on
+            // another connection) is not the client's: directly, that statement is not parsed again.
+            if case .parse(_, _, swallow: true) = self.queue.first { return .swallow }
+            return .forward
+        case .parameterStatus, .notificationResponse, .copyData, .functionCallResponse, .parameterDescription:
             return .forward
         case .copyInResponse, .copyBothResponse:
             events.append(.copyIn)

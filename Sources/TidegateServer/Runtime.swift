@@ -38,6 +38,64 @@ public final class Runtime: Sendable {
 
     var shards: [LoopShardReference] { self.shardsBox.withLockedValue { $0 } }
 
+    // MARK: Pool sizes across event loops
+
+    /// Server connections (open or opening) per pool, over every loop: pool.max_size is global.
+    private let poolSizes = NIOLockedValueBox([PoolKey: Int]())
+    /// Per pool, the loops whose clients wait for a connection they could not open (the pool was full).
+    private let starvedLoops = NIOLockedValueBox([PoolKey: Set<ObjectIdentifier>]())
+
+    /// Takes one connection of the pool's budget; false when the pool is at its maximum.
+    func reserveConnection(_ key: PoolKey, maxSize: Int) -> Bool {
+        self.poolSizes.withLockedValue { sizes in
+            let size = sizes[key, default: 0]
+            guard size < maxSize else { return false }
+            sizes[key] = size + 1
+            return true
+        }
+    }
+
+    /// Gives one connection of the pool's budget back, and lets a starved loop use it.
+    func releaseConnection(_ key: PoolKey) {
+        self.poolSizes.withLockedValue { sizes in
+            sizes[key] = max(0, sizes[key, default: 0] - 1)
+        }
+        self.wakeStarvedLoop(key)
+    }
+
+    func poolSize(_ key: PoolKey) -> Int { self.poolSizes.withLockedValue { $0[key, default: 0] } }
+
+    func setStarved(_ key: PoolKey, loop: any EventLoop, _ starved: Bool) {
+        let id = ObjectIdentifier(loop)
+        self.starvedLoops.withLockedValue { loops in
+            if starved { loops[key, default: []].insert(id) } else { loops[key]?.remove(id) }
+        }
+    }
+
+    /// Whether clients on another loop wait for a connection of this pool.
+    func otherLoopsStarved(_ key: PoolKey, except loop: any EventLoop) -> Bool {
+        let id = ObjectIdentifier(loop)
+        return self.starvedLoops.withLockedValue { loops in
+            guard let set = loops[key] else { return false }
+            return set.contains { $0 != id }
+        }
+    }
+
+    private func wakeStarvedLoop(_ key: PoolKey) {
+        let starved = self.starvedLoops.withLockedValue { $0[key] ?? [] }
+        guard !starved.isEmpty else { return }
+        for reference in self.shards where starved.contains(ObjectIdentifier(reference.loop)) {
+            reference.loop.execute { reference.shard.value.existingPool(key)?.growIfNeeded() }
+        }
+    }
+
+    /// Asks the other loops to close one idle connection of this pool, so a starved loop can open one.
+    func reclaimIdleConnection(_ key: PoolKey, for loop: any EventLoop) {
+        for reference in self.shards where reference.loop !== loop {
+            reference.loop.execute { _ = reference.shard.value.existingPool(key)?.closeOneIdle() }
+        }
+    }
+
     func addShard(_ reference: LoopShardReference) {
         self.shardsBox.withLockedValue { $0.append(reference) }
     }

@@ -44,7 +44,7 @@ final class ServerConnection: ChannelInboundHandler, @unchecked Sendable {
     private(set) var state: State
     weak var owner: (any ServerConnectionOwner)?
     /// ParameterStatus values as the server last reported them.
-    var parameters: [String: String] = [:]
+    var parameters = ParameterSet()
     var backendKey: (processID: Int32, secretKey: Int32) = (0, 0)
     /// Server-side prepared statements this connection has, with a use counter for LRU eviction.
     var prepared: [String: UInt64] = [:]
@@ -270,7 +270,7 @@ final class ServerConnection: ChannelInboundHandler, @unchecked Sendable {
             case .send(let buffer):
                 context.writeAndFlush(NIOAny(buffer), promise: nil)
             case .ready:
-                self.parameters = machine.parameters
+                self.parameters = ParameterSet(machine.parameters)
                 self.backendKey = machine.backendKey
                 self.state = .idle
                 promise.succeed(())

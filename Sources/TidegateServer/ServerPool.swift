@@ -56,11 +56,8 @@ final class ServerPool: @unchecked Sendable {
     var active: Int { self.all.values.filter { !$0.isIdle }.count }
     var size: Int { self.all.count + self.connecting }
 
-    /// This loop's share of pool.max_size.
-    var maxSize: Int {
-        let config = self.shard.config
-        return max(1, (config.pool.maxSize + config.threads - 1) / config.threads)
-    }
+    /// pool.max_size: a budget shared by every loop's share of the pool.
+    var maxSize: Int { self.shard.config.pool.maxSize }
 
     func rememberLoginParameters(_ parameters: [String: String], for settings: [String]) {
         if self.loginParameters.count >= 1_000 { self.loginParameters.removeAll() }
@@ -116,6 +113,12 @@ final class ServerPool: @unchecked Sendable {
             self.growIfNeeded()
             return
         }
+        if self.waiters.isEmpty && self.runtime.otherLoopsStarved(self.key, except: self.loop) {
+            // Clients on another loop wait for a connection of this full pool: give the budget to them.
+            self.remove(server)
+            server.close()
+            return
+        }
         self.idle.append(server)
         self.serveWaiters()
     }
@@ -137,8 +140,18 @@ final class ServerPool: @unchecked Sendable {
     }
 
     private func remove(_ server: ServerConnection) {
-        self.all.removeValue(forKey: server.id)
         self.idle.removeAll { $0 === server }
+        if self.all.removeValue(forKey: server.id) != nil {
+            self.runtime.releaseConnection(self.key)
+        }
+    }
+
+    /// Closes the longest-idle connection (for a loop whose clients wait while the pool is full).
+    func closeOneIdle() -> Bool {
+        guard let server = self.idle.first else { return false }
+        self.remove(server)
+        server.close()
+        return true
     }
 
     private func takeIdle() -> ServerConnection? {
@@ -174,6 +187,14 @@ final class ServerPool: @unchecked Sendable {
             self.recordWait(since: waiter.enqueuedAt)
             self.ready(server).cascade(to: waiter.promise)
         }
+        self.clearStarvedIfServed()
+    }
+
+    private func clearStarvedIfServed() {
+        if self.starved && self.waiters.isEmpty {
+            self.starved = false
+            self.runtime.setStarved(self.key, loop: self.loop, false)
+        }
     }
 
     private func recordWait(since: NIODeadline) {
@@ -187,6 +208,7 @@ final class ServerPool: @unchecked Sendable {
     private func expireWaiter(_ id: Int) {
         guard let index = self.waiters.firstIndex(where: { $0.id == id }) else { return }
         let waiter = self.waiters.remove(at: index)
+        self.clearStarvedIfServed()
         let config = self.shard.config
         waiter.promise.fail(
             TidegateError.poolTimeout(
@@ -194,13 +216,25 @@ final class ServerPool: @unchecked Sendable {
             ))
     }
 
-    /// Opens connections while clients wait and the pool has room.
+    /// Opens connections while clients wait and the pool has room. When the pool is full and clients
+    /// wait here, idle connections on other loops are closed to make room.
     func growIfNeeded() {
         guard !self.paused else { return }
-        while self.connecting < self.waiters.count && self.size < self.maxSize {
+        while self.connecting < self.waiters.count {
+            guard self.runtime.reserveConnection(self.key, maxSize: self.maxSize) else {
+                if !self.starved {
+                    self.starved = true
+                    self.runtime.setStarved(self.key, loop: self.loop, true)
+                    self.runtime.reclaimIdleConnection(self.key, for: self.loop)
+                }
+                return
+            }
             self.openConnection()
         }
+        self.clearStarvedIfServed()
     }
+
+    private var starved = false
 
     /// Keeps at least this loop's share of min_size open; closes connections idle too long.
     func maintain() {
@@ -217,7 +251,10 @@ final class ServerPool: @unchecked Sendable {
                 excess -= 1
             }
         }
-        while self.size < minShare { self.openConnection() }
+        while self.size < minShare && self.runtime.reserveConnection(self.key, maxSize: self.maxSize) {
+            self.openConnection()
+        }
+        if self.starved { self.growIfNeeded() }
     }
 
     private func openConnection() {
@@ -245,6 +282,7 @@ final class ServerPool: @unchecked Sendable {
                 self.idle.append(server)
                 self.serveWaiters()
             case .failure(let error):
+                self.runtime.releaseConnection(self.key)
                 self.logger.warning("server login failed", metadata: ["error": "\(error)"])
                 self.runtime.metrics.serverConnectFailures.increment()
                 // A login failure fails every client that is waiting: the next attempt would fail alike.
@@ -253,6 +291,7 @@ final class ServerPool: @unchecked Sendable {
                     waiter.timeout?.cancel()
                     waiter.promise.fail(error)
                 }
+                self.clearStarvedIfServed()
             }
         }
     }
@@ -269,9 +308,10 @@ final class ServerPool: @unchecked Sendable {
     }
 
     func closeAll() {
-        for server in self.all.values { server.close() }
-        self.all.removeAll()
-        self.idle.removeAll()
+        for server in Array(self.all.values) {
+            self.remove(server)
+            server.close()
+        }
     }
 
     func resume() {

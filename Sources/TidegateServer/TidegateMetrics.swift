@@ -14,24 +14,23 @@ final class TidegateMetrics: Sendable {
     let bytesOut = Counter(label: "tidegate_client_bytes_sent_total")
     let authFailures = Counter(label: "tidegate_auth_failures_total")
     let protocolErrors = Counter(label: "tidegate_protocol_errors_total")
-    private let queryCounters: [StatementClass: Counter]
-    private let queryTimers: [StatementClass: Timer]
+    /// Indexed by `StatementClass.index`.
+    private let queryCounters: [Counter]
+    private let queryTimers: [Timer]
     private let errorCounters = NIOLockedValueBox([String: Counter]())
 
     init() {
-        var counters: [StatementClass: Counter] = [:]
-        var timers: [StatementClass: Timer] = [:]
-        for statementClass in StatementClass.allCases {
-            counters[statementClass] = Counter(label: "tidegate_queries_total", dimensions: [("class", statementClass.rawValue)])
-            timers[statementClass] = Timer(label: "db_client_operation_duration", dimensions: [("class", statementClass.rawValue)])
+        self.queryCounters = StatementClass.allCases.map {
+            Counter(label: "tidegate_queries_total", dimensions: [("class", $0.rawValue)])
         }
-        self.queryCounters = counters
-        self.queryTimers = timers
+        self.queryTimers = StatementClass.allCases.map {
+            Timer(label: "db_client_operation_duration", dimensions: [("class", $0.rawValue)])
+        }
     }
 
     func query(_ statementClass: StatementClass, nanoseconds: Int64) {
-        self.queryCounters[statementClass]?.increment()
-        self.queryTimers[statementClass]?.recordNanoseconds(nanoseconds)
+        self.queryCounters[statementClass.index].increment()
+        self.queryTimers[statementClass.index].recordNanoseconds(nanoseconds)
     }
 
     /// Counts an error by SQLSTATE class (first two characters).
@@ -50,6 +49,19 @@ final class TidegateMetrics: Sendable {
 /// The coarse class of a statement, from its first keyword.
 enum StatementClass: String, CaseIterable, Sendable {
     case read, write, ddl, transaction, set, utility, copy, admin
+
+    var index: Int {
+        switch self {
+        case .read: return 0
+        case .write: return 1
+        case .ddl: return 2
+        case .transaction: return 3
+        case .set: return 4
+        case .utility: return 5
+        case .copy: return 6
+        case .admin: return 7
+        }
+    }
 
     static func of(firstWord: String?) -> StatementClass {
         switch firstWord ?? "" {

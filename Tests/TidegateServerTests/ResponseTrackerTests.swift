@@ -498,3 +498,19 @@ struct TrackerDriver {
         #expect(!driver.tracker.isIdle)
     }
 }
+
+@Suite struct ResponseTrackerNoticeTests {
+    /// A warning from a Parse Tidegate injected (re-preparing a statement the client prepared on another
+    /// server connection) is swallowed; one from the client's own Parse is forwarded.
+    @Test func noticesOfInjectedParsesAreSwallowed() {
+        var driver = TrackerDriver()
+        _ = driver.expect(.parse(serverName: "srv_1", clientName: nil, swallow: true))
+        _ = driver.expect(.bind)
+        #expect(driver.receive(Server.notice).0 == .swallow)
+        #expect(driver.receive(Server.parseComplete).0 == .swallow)
+        #expect(driver.receive(Server.notice).0 == .forward)
+        #expect(driver.receive(Server.bindComplete).0 == .forward)
+        _ = driver.expect(.parse(serverName: "srv_2", clientName: "s2", swallow: false))
+        #expect(driver.receive(Server.notice).0 == .forward)
+    }
+}
