@@ -260,7 +260,8 @@ start_tidegate() {
     fi
     raise_nofile
     : >"$TG_LOG"
-    "$bin" serve --config "$TG_CONFIG" >>"$TG_LOG" 2>&1 </dev/null &
+    # shellcheck disable=SC2086 # TIDEGATE_SERVE_ARGS is a list of arguments
+    "$bin" serve --config "$TG_CONFIG" ${TIDEGATE_SERVE_ARGS:-} >>"$TG_LOG" 2>&1 </dev/null &
     TG_PID=$!
     TG_STARTED=1
     echo "$TG_PID" >"$TG_PIDFILE"

@@ -79,9 +79,9 @@ public struct TidegateConfig: Sendable, Equatable {
     public var primary = Node(host: "127.0.0.1", port: 5432)
     public var authMethod = ClientAuthMethod.scramSHA256
     public var users: [String: User] = [:]
-    /// Event-loop threads (0 in the file: one per CPU core). Each serves its own clients with its own
-    /// share of the pool.
-    public var threads = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    /// Event-loop threads (0: one per CPU core). Each serves its own clients with the server connections
+    /// it opened; pool.max_size is one budget over all of them.
+    public var threads = 1
     /// On SIGTERM, how long open transactions may run before their clients are disconnected.
     public var shutdownTimeoutMs = 30_000
     public var logLevel = "info"

@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import NIOPosix
 import SQLAnalysis
 
 /// Everything one event loop owns: its share of every pool, its client sessions, its statistics and its
@@ -52,11 +53,41 @@ final class LoopShard: @unchecked Sendable {
         self.config = runtime.config
     }
 
-    func start() {
+    func start(probesPrimary: Bool = false) {
         self.maintenance = self.loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [weak self] _ in
             guard let self else { return }
             for pool in self.pools.values { pool.maintain() }
+            self.publishTraffic()
+            if probesPrimary { self.probePrimary() }
         }
+        if probesPrimary { self.probePrimary() }
+    }
+
+    private var publishedBytesIn = 0
+    private var publishedBytesOut = 0
+
+    /// Byte counters go to the metrics once a second, not on every read.
+    private func publishTraffic() {
+        self.runtime.metrics.bytesIn.increment(by: Int64(self.bytesIn - self.publishedBytesIn))
+        self.runtime.metrics.bytesOut.increment(by: Int64(self.bytesOut - self.publishedBytesOut))
+        self.publishedBytesIn = self.bytesIn
+        self.publishedBytesOut = self.bytesOut
+    }
+
+    /// A TCP connect to the primary, for /readyz.
+    private func probePrimary() {
+        let primary = self.config.primary
+        let runtime = self.runtime
+        ClientBootstrap(group: self.loop).connectTimeout(.seconds(1)).connect(host: primary.host, port: primary.port)
+            .whenComplete { result in
+                switch result {
+                case .success(let channel):
+                    runtime.primaryReachable.store(true, ordering: .relaxed)
+                    channel.close(promise: nil)
+                case .failure:
+                    runtime.primaryReachable.store(false, ordering: .relaxed)
+                }
+            }
     }
 
     func stop() {

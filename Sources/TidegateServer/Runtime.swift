@@ -12,6 +12,9 @@ public final class Runtime: Sendable {
     let metrics = TidegateMetrics()
     let cancelKeys = CancelKeyRegistry()
     let clientCount = Atomic<Int>(0)
+    let serverCount = Atomic<Int>(0)
+    /// Whether the primary accepted a TCP connection at the last probe (for /readyz).
+    let primaryReachable = Atomic<Bool>(false)
     let startedAt = NIODeadline.now()
     let logger: Logger
     private let shardsBox = NIOLockedValueBox([LoopShardReference]())
@@ -81,18 +84,20 @@ public final class Runtime: Sendable {
         }
     }
 
+    /// A connection of the pool's budget came free (a server connection closed, which is rare): every
+    /// loop with waiting clients may now open one.
     private func wakeStarvedLoop(_ key: PoolKey) {
-        let starved = self.starvedLoops.withLockedValue { $0[key] ?? [] }
-        guard !starved.isEmpty else { return }
-        for reference in self.shards where starved.contains(ObjectIdentifier(reference.loop)) {
+        for reference in self.shards {
             reference.loop.execute { reference.shard.value.existingPool(key)?.growIfNeeded() }
         }
     }
 
     /// Asks the other loops to close one idle connection of this pool, so a starved loop can open one.
-    func reclaimIdleConnection(_ key: PoolKey, for loop: any EventLoop) {
+    func reclaimIdleConnection(_ key: PoolKey, for loop: any EventLoop, requesterSize: Int?) {
         for reference in self.shards where reference.loop !== loop {
-            reference.loop.execute { _ = reference.shard.value.existingPool(key)?.closeOneIdle() }
+            reference.loop.execute {
+                _ = reference.shard.value.existingPool(key)?.closeOneIdle(requesterSize: requesterSize)
+            }
         }
     }
 

@@ -113,7 +113,7 @@ final class ServerPool: @unchecked Sendable {
             self.growIfNeeded()
             return
         }
-        if self.waiters.isEmpty && self.runtime.otherLoopsStarved(self.key, except: self.loop) {
+        if self.waiters.isEmpty && self.size > self.share && self.runtime.otherLoopsStarved(self.key, except: self.loop) {
             // Clients on another loop wait for a connection of this full pool: give the budget to them.
             self.remove(server)
             server.close()
@@ -143,12 +143,22 @@ final class ServerPool: @unchecked Sendable {
         self.idle.removeAll { $0 === server }
         if self.all.removeValue(forKey: server.id) != nil {
             self.runtime.releaseConnection(self.key)
+            let count = self.runtime.serverCount.subtract(1, ordering: .relaxed).newValue
+            self.runtime.metrics.serverConnections.record(count)
         }
     }
 
-    /// Closes the longest-idle connection (for a loop whose clients wait while the pool is full).
-    func closeOneIdle() -> Bool {
-        guard let server = self.idle.first else { return false }
+    /// Closes the longest-idle connection for a loop whose clients wait while the pool is full: only if
+    /// nobody waits here, and (for a loop below its share) only from above this loop's share.
+    /// `requesterSize`: the asking loop's connections when it is below its fair share (nil: borrowing).
+    func closeOneIdle(requesterSize: Int?) -> Bool {
+        let allowed: Bool
+        if let requesterSize {
+            allowed = self.size > self.share || requesterSize == 0
+        } else {
+            allowed = true
+        }
+        guard allowed, self.waiters.isEmpty, let server = self.idle.first else { return false }
         self.remove(server)
         server.close()
         return true
@@ -216,22 +226,51 @@ final class ServerPool: @unchecked Sendable {
             ))
     }
 
-    /// Opens connections while clients wait and the pool has room. When the pool is full and clients
-    /// wait here, idle connections on other loops are closed to make room.
+    /// This loop's fair share of pool.max_size.
+    var share: Int {
+        let config = self.shard.config
+        return max(1, (config.pool.maxSize + config.threads - 1) / config.threads)
+    }
+
+    /// Opens connections while clients wait and the pool has room. pool.max_size is one budget for all
+    /// loops; when it is used up:
+    /// - a loop below its fair share has idle connections of loops above theirs closed for it at once,
+    ///   and the next connection such a loop returns to its pool goes to it (fairness, converges fast);
+    /// - a loop at its share borrows only after its clients waited `borrowDelay`, and only connections
+    ///   idle on a loop where nobody waits (so a loaded pool never churns connections).
     func growIfNeeded() {
         guard !self.paused else { return }
         while self.connecting < self.waiters.count {
             guard self.runtime.reserveConnection(self.key, maxSize: self.maxSize) else {
-                if !self.starved {
-                    self.starved = true
-                    self.runtime.setStarved(self.key, loop: self.loop, true)
-                    self.runtime.reclaimIdleConnection(self.key, for: self.loop)
+                if self.size < self.share {
+                    if !self.starved {
+                        self.starved = true
+                        self.runtime.setStarved(self.key, loop: self.loop, true)
+                        self.runtime.reclaimIdleConnection(self.key, for: self.loop, requesterSize: self.size)
+                    }
                 }
+                self.scheduleBorrow()
                 return
             }
             self.openConnection()
         }
         self.clearStarvedIfServed()
+    }
+
+    static let borrowDelay = TimeAmount.milliseconds(100)
+    private var borrowTimer: Scheduled<Void>?
+
+    /// While clients wait here and the budget is used up, every `borrowDelay` ask the other loops for
+    /// a connection that sits idle where nobody waits.
+    private func scheduleBorrow() {
+        guard self.borrowTimer == nil else { return }
+        self.borrowTimer = self.loop.scheduleTask(in: Self.borrowDelay) { [weak self] in
+            guard let self else { return }
+            self.borrowTimer = nil
+            guard !self.waiters.isEmpty, self.connecting < self.waiters.count else { return }
+            self.runtime.reclaimIdleConnection(self.key, for: self.loop, requesterSize: nil)
+            self.scheduleBorrow()
+        }
     }
 
     private var starved = false
@@ -275,6 +314,8 @@ final class ServerPool: @unchecked Sendable {
             switch result {
             case .success:
                 self.all[server.id] = server
+                let count = self.runtime.serverCount.add(1, ordering: .relaxed).newValue
+                self.runtime.metrics.serverConnections.record(count)
                 server.channel?.closeFuture.whenComplete { [weak self, weak server] _ in
                     guard let self, let server else { return }
                     self.remove(server)

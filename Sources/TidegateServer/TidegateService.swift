@@ -31,12 +31,12 @@ public final class TidegateService: Service, Sendable {
 
     public func run() async throws {
         let config = self.runtime.config
-        for loop in self.group.makeIterator() {
+        for (index, loop) in self.group.makeIterator().enumerated() {
             let runtime = self.runtime
             let logger = self.logger
             let reference = try await loop.submit {
                 let shard = LoopShard(loop: loop, runtime: runtime, logger: logger)
-                shard.start()
+                shard.start(probesPrimary: index == 0)
                 return LoopShardReference(loop: loop, shard: NIOLoopBound(shard, eventLoop: loop))
             }.get()
             self.runtime.addShard(reference)
@@ -77,7 +77,7 @@ public final class TidegateService: Service, Sendable {
         var http: (any Channel)?
         if config.http.port > 0 {
             let registry = self.registry
-            let readiness: @Sendable () -> Bool = { true }
+            let readiness: @Sendable () -> Bool = { [runtime] in runtime.primaryReachable.load(ordering: .relaxed) }
             http = try await ServerBootstrap(group: self.group)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelInitializer { channel in

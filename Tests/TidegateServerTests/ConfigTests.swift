@@ -72,8 +72,7 @@ import Testing
                 "tidegate": .init(name: "tidegate", password: "tidegate", backendPassword: nil, admin: true)
             ]
         )
-        // threads: 0 in the file means one per core.
-        #expect(config.threads == max(1, ProcessInfo.processInfo.activeProcessorCount))
+        #expect(config.threads == 1)
         #expect(config.logLevel == "info")
     }
 
