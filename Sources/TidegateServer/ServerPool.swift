@@ -18,7 +18,7 @@ final class ServerPool: @unchecked Sendable {
     struct Waiter {
         var id: Int
         var promise: EventLoopPromise<ServerConnection>
-        var timeout: Scheduled<Void?>?
+        var deadline: NIODeadline
         var enqueuedAt: NIODeadline
     }
 
@@ -85,10 +85,10 @@ final class ServerPool: @unchecked Sendable {
         let config = self.shard.config
         self.nextWaiterID += 1
         let id = self.nextWaiterID
-        let timeout = self.loop.scheduleTask(in: .milliseconds(Int64(config.pool.checkoutTimeoutMs))) { [weak self] in
-            self?.expireWaiter(id)
-        }
-        self.waiters.append(Waiter(id: id, promise: promise, timeout: timeout, enqueuedAt: .now()))
+        let now = NIODeadline.now()
+        let deadline = now + .milliseconds(Int64(config.pool.checkoutTimeoutMs))
+        self.waiters.append(Waiter(id: id, promise: promise, deadline: deadline, enqueuedAt: now))
+        self.scheduleExpiry(at: deadline)
         self.growIfNeeded()
         return promise.futureResult
     }
@@ -193,7 +193,6 @@ final class ServerPool: @unchecked Sendable {
     private func serveWaiters() {
         while !self.paused, !self.waiters.isEmpty, let server = self.takeIdle() {
             let waiter = self.waiters.removeFirst()
-            waiter.timeout?.cancel()
             self.recordWait(since: waiter.enqueuedAt)
             self.ready(server).cascade(to: waiter.promise)
         }
@@ -215,15 +214,37 @@ final class ServerPool: @unchecked Sendable {
         self.runtime.metrics.poolWait.recordNanoseconds(nanos)
     }
 
-    private func expireWaiter(_ id: Int) {
-        guard let index = self.waiters.firstIndex(where: { $0.id == id }) else { return }
-        let waiter = self.waiters.remove(at: index)
-        self.clearStarvedIfServed()
+    /// One timer for all waiters (not one per waiter): it fires at the earliest deadline.
+    private var expiryTimer: (deadline: NIODeadline, task: Scheduled<Void>)?
+
+    private func scheduleExpiry(at deadline: NIODeadline) {
+        if let timer = self.expiryTimer, timer.deadline <= deadline { return }
+        self.expiryTimer?.task.cancel()
+        let task = self.loop.scheduleTask(deadline: deadline) { [weak self] in
+            guard let self else { return }
+            self.expiryTimer = nil
+            self.expireWaiters()
+        }
+        self.expiryTimer = (deadline, task)
+    }
+
+    private func expireWaiters() {
+        let now = NIODeadline.now()
         let config = self.shard.config
-        waiter.promise.fail(
-            TidegateError.poolTimeout(
-                "no server connection for \(self.key) became free within \(config.pool.checkoutTimeoutMs) ms (pool.max_size \(config.pool.maxSize))"
-            ))
+        var expired: [Waiter] = []
+        var kept = Deque<Waiter>()
+        for waiter in self.waiters {
+            if waiter.deadline <= now { expired.append(waiter) } else { kept.append(waiter) }
+        }
+        self.waiters = kept
+        if let next = self.waiters.map(\.deadline).min() { self.scheduleExpiry(at: next) }
+        self.clearStarvedIfServed()
+        for waiter in expired {
+            waiter.promise.fail(
+                TidegateError.poolTimeout(
+                    "no server connection for \(self.key) became free within \(config.pool.checkoutTimeoutMs) ms (pool.max_size \(config.pool.maxSize))"
+                ))
+        }
     }
 
     /// This loop's fair share of pool.max_size.
@@ -329,8 +350,7 @@ final class ServerPool: @unchecked Sendable {
                 // A login failure fails every client that is waiting: the next attempt would fail alike.
                 while !self.waiters.isEmpty {
                     let waiter = self.waiters.removeFirst()
-                    waiter.timeout?.cancel()
-                    waiter.promise.fail(error)
+                            waiter.promise.fail(error)
                 }
                 self.clearStarvedIfServed()
             }
