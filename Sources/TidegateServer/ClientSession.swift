@@ -1058,9 +1058,9 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     }
 
     private func drainPending() {
-        while let frame = self.pending.popFirst(), self.server != nil {
+        while self.server != nil, case .ready = self.phase, let frame = self.pending.popFirst() {
             self.pendingBytes -= frame.raw.readableBytes
-            if case .ready = self.phase { self.process(frame) } else { break }
+            self.process(frame)
         }
         if self.pending.isEmpty { self.pendingBytes = 0 }
         self.server?.flush()
