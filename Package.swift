@@ -54,6 +54,7 @@ let package = Package(
         ),
         .target(
             name: "SQLAnalysis",
+            dependencies: ["CPgQuery"],
             swiftSettings: swiftSettings
         ),
         .target(
