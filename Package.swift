@@ -58,6 +58,10 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "Topology",
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "TidegateServer",
             dependencies: [
                 "PostgresWire",
@@ -98,6 +102,11 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "TopologyTests",
+            dependencies: ["Topology"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
