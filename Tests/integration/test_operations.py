@@ -550,3 +550,34 @@ def test_metrics_content(proxy, scratch_table):
         "no db_client_connections sample:\n" + text[:2000]
     client = [line for line in lines if line.startswith("db_client_connections{") and 'side="client"' in line]
     assert client, [line for line in lines if line.startswith("db_client_connections")]
+
+
+def test_server_connection_killed_mid_transaction(spawn_proxy):
+    """A dropped server connection (the backend terminated while the client is inside a transaction)
+    ends that client's session with an error, never a hang; other clients and later clients work,
+    and the pool replaces the dead connection."""
+    p = spawn_proxy({"pool.max_size": 2}, "killed")
+    other = psycopg.connect(p.dsn(application_name="tg-it-bystander"), autocommit=True)
+    victim = psycopg.connect(p.dsn(application_name="tg-it-victim"), autocommit=False)
+    try:
+        pid = victim.execute("select pg_backend_pid()").fetchone()[0]  # opens a transaction
+        with psycopg.connect(h.direct_dsn(user="postgres"), autocommit=True) as su:
+            assert su.execute("select pg_terminate_backend(%s)", (pid,)).fetchone()[0] is True
+        time.sleep(0.3)
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError) as ei:
+            victim.execute("select 1").fetchone()
+        assert time.monotonic() - started < 5, "the client waited instead of getting an error"
+        assert ei.value.sqlstate in ("57P01", "08006", None), ei.value
+        # The bystander and a new client are unaffected; the dead connection is not handed out.
+        for _ in range(5):
+            assert other.execute("select 41 + 1").fetchone()[0] == 42
+            with psycopg.connect(p.dsn(), autocommit=True) as fresh:
+                assert fresh.execute("select pg_backend_pid() <> %s", (pid,)).fetchone()[0] is True
+        assert_alive(p)
+    finally:
+        other.close()
+        try:
+            victim.close()
+        except psycopg.Error:
+            pass
