@@ -66,6 +66,7 @@ let package = Package(
             dependencies: [
                 "PostgresWire",
                 "SQLAnalysis",
+                "Topology",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

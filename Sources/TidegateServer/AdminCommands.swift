@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import PostgresWire
+import Topology
 
 /// The admin console's commands. Each returns rows; none touches a channel.
 struct AdminCommands {
@@ -12,6 +13,10 @@ struct AdminCommands {
         ("SHOW SERVERS", "server connections: node, state, owner, prepared statements"),
         ("SHOW STATS", "queries, transactions, bytes, average query time"),
         ("SHOW CONFIG", "the configuration in force"),
+        ("SHOW NODES", "each node: region, discovered role, state, replay position, lag, statements in flight"),
+        ("SHOW REGIONS", "each region: its nodes, fallback order, primary, replicas up"),
+        ("DRAIN node", "send no new work to a node; work in flight finishes"),
+        ("UNDRAIN node", "let a drained node take work again"),
         ("RELOAD", "re-read the configuration file (like SIGHUP)"),
         ("PAUSE", "wait until no server connection is in use, then hold new work"),
         ("RESUME", "let held work go on"),
@@ -19,8 +24,18 @@ struct AdminCommands {
     ]
 
     func execute(_ query: String) async -> AdminResult {
-        let words = query.split(whereSeparator: { $0.isWhitespace || $0 == ";" }).map { $0.uppercased() }
+        let raw = query.split(whereSeparator: { $0.isWhitespace || $0 == ";" }).map(String.init)
+        let words = raw.map { $0.uppercased() }
         guard !words.isEmpty else { return .empty }
+        if words.count == 2 && (words[0] == "DRAIN" || words[0] == "UNDRAIN") {
+            let node = raw[1].trimmingCharacters(in: CharacterSet(charactersIn: "\"'"))
+            guard self.runtime.setDraining(node, words[0] == "DRAIN") else {
+                let names = self.runtime.config.nodes.map(\.name).joined(separator: ", ")
+                return .error(
+                    ErrorFields(severity: "ERROR", sqlState: "42704", message: "no node named \"\(node)\" (nodes: \(names))"))
+            }
+            return .command(words[0])
+        }
         do {
             switch words {
             case ["SHOW", "POOLS"]: return try await self.pools()
@@ -28,6 +43,8 @@ struct AdminCommands {
             case ["SHOW", "SERVERS"]: return try await self.servers()
             case ["SHOW", "STATS"]: return try await self.stats()
             case ["SHOW", "CONFIG"]: return self.showConfig()
+            case ["SHOW", "NODES"]: return try await self.nodes()
+            case ["SHOW", "REGIONS"]: return self.regions()
             case ["SHOW", "HELP"]:
                 return .rows(columns: ["command", "description"], rows: Self.help.map { [$0.0, $0.1] }, tag: "SHOW")
             case ["RELOAD"]: return await self.reload()
@@ -82,6 +99,50 @@ struct AdminCommands {
                 "max_size", "checkouts", "waits", "max_wait_us", "state",
             ],
             rows: order.compactMap { merged[$0] }, tag: "SHOW")
+    }
+
+    private func nodes() async throws -> AdminResult {
+        let view = self.runtime.topology
+        let inFlight = try await self.runtime.gather { $0.inFlight }
+        let configured = self.runtime.config.nodes
+        let rows: [[String?]] = configured.map { node in
+            let snapshot = view.nodes.first { $0.name == node.name }
+            let detail = view.details[node.name]
+            let busy = inFlight.reduce(0) { $0 + $1[node.name, default: 0] }
+            var state = snapshot?.state.rawValue ?? "unknown"
+            if view.splitBrain && snapshot?.role == .primary && snapshot?.state != .down { state += " (split-brain)" }
+            return [
+                node.name, node.region, node.endpoint.host, "\(node.endpoint.port)", snapshot?.role.rawValue ?? "unknown", state,
+                snapshot?.lsn?.description, detail?.receiveLSN?.description, snapshot?.lagBytes.map { "\($0)" },
+                snapshot?.lagSeconds.map { String(format: "%.3f", $0) }, "\(busy)",
+                detail?.probeMs.map { String(format: "%.2f", $0) }, detail?.lastError,
+            ]
+        }
+        return .rows(
+            columns: [
+                "node", "region", "host", "port", "role", "state", "lsn", "receive_lsn", "lag_bytes", "lag_seconds", "in_flight",
+                "probe_ms", "error",
+            ],
+            rows: rows, tag: "SHOW")
+    }
+
+    private func regions() -> AdminResult {
+        let config = self.runtime.config
+        let view = self.runtime.topology
+        let regions = config.regions.isEmpty
+            ? [TidegateConfig.Region(name: config.region, fallback: [], nodes: config.nodes)] : config.regions
+        let rows: [[String?]] = regions.map { region in
+            let names = region.nodes.map(\.name)
+            let snapshots = view.nodes.filter { names.contains($0.name) }
+            let primary = snapshots.first { $0.role == .primary && $0.state != .down }?.name
+            let replicasUp = snapshots.filter { $0.role == .replica && $0.state == .up }.count
+            return [
+                region.name, region.name == config.region ? "yes" : "no",
+                config.fallbackRegions(of: region.name).joined(separator: ", "), names.joined(separator: ", "), primary,
+                "\(replicasUp)",
+            ]
+        }
+        return .rows(columns: ["region", "local", "fallback", "nodes", "primary", "replicas_up"], rows: rows, tag: "SHOW")
     }
 
     private func clients() async throws -> AdminResult {
@@ -161,10 +222,21 @@ struct AdminCommands {
             ["pool.liveness_check_after_ms", "\(config.pool.livenessCheckAfterMs)"],
             ["pool.prepare_unnamed", config.pool.prepareUnnamed ? "true" : "false"],
             ["pool.max_prepared_per_server", "\(config.pool.maxPreparedPerServer)"],
-            ["primary.host", config.primary.host], ["primary.port", "\(config.primary.port)"],
+            ["region", config.region],
+            ["routing.read_your_writes", config.routing.readYourWrites.rawValue],
+            ["routing.max_lag_ms", "\(config.routing.maxLagMs)"], ["routing.max_lag_bytes", "\(config.routing.maxLagBytes)"],
+            ["routing.failover_wait_ms", "\(config.routing.failoverWaitMs)"],
+            ["routing.retry_reads", config.routing.retryReads ? "true" : "false"],
+            ["routing.safe_functions", config.routing.safeFunctions.joined(separator: ", ")],
+            ["health.interval_ms", "\(config.health.intervalMs)"], ["health.timeout_ms", "\(config.health.timeoutMs)"],
+            ["health.up_after", "\(config.health.upAfter)"], ["health.user", config.healthLogin?.user ?? ""],
+            ["health.database", config.health.database],
             ["auth.method", config.authMethod.rawValue], ["threads", "\(config.threads)"],
             ["shutdown_timeout_ms", "\(config.shutdownTimeoutMs)"], ["log_level", config.logLevel],
         ]
+        for node in config.nodes {
+            rows.append(["regions.\(node.region).nodes.\(node.name)", "\(node.endpoint.host):\(node.endpoint.port)"])
+        }
         for user in config.users.values.sorted(by: { $0.name < $1.name }) {
             rows.append(["users.\(user.name).admin", user.admin ? "true" : "false"])
         }

@@ -5,6 +5,7 @@ import NIOPosix
 import NIOSSL
 import PostgresWire
 import SQLAnalysis
+import Topology
 
 /// One client connection: decodes its bytes, authenticates it, lends it server connections (for a
 /// transaction or for the session), rewrites prepared-statement names so they follow the client from
@@ -112,6 +113,49 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     private var counted = false
     private(set) var queries = 0
 
+    // Routing (when the configuration has several nodes).
+    /// How the attached server connection was chosen.
+    struct AttachedRoute {
+        var node: String
+        /// Chosen for a read-only statement (on a replica, or on the primary as the fallback).
+        var readOnly: Bool
+        var onReplica: Bool
+        /// The attachment runs a transaction declared READ ONLY: everything in it stays on this node.
+        var readOnlyTransaction: Bool
+        /// A statement that is not read-only ran on it (read-your-writes).
+        var wrote = false
+    }
+
+    /// The state of a read that may still be retried on another node: nothing has reached the client.
+    struct RetryWindow {
+        var frames: [PostgresFrame] = []
+        var statements: [String: Statement]
+        var unnamed: StatementInfo?
+        var portals: [String: SessionEffect]
+        var requestStarts: Deque<(NIODeadline, StatementClass)>
+        var currentClass: StatementClass
+        var discardUntilSync: Bool
+    }
+
+    private(set) var region = ""
+    /// `-c tidegate.route=primary|replica`: the client's standing routing preference.
+    private var routePreference: RoutingHint.Route?
+    private(set) var route: AttachedRoute?
+    /// Nodes that failed the current request (its read is retried elsewhere).
+    private var excludedNodes: Set<String> = []
+    private var retry: RetryWindow?
+    /// Output held back while a read may still be retried.
+    private var held: [ByteBuffer] = []
+    /// A statement that must not run on the attached replica is queued until the replica is released.
+    private var holdForReroute = false
+    /// Read-your-writes: when this session last wrote, and the primary position known to cover it.
+    private var lastWriteAt: NIODeadline?
+    private var writeLSN: LSN?
+    /// Waiting for the topology to offer a node (failover): until this deadline.
+    private var waitDeadline: NIODeadline?
+    private var waitTimer: Scheduled<Void>?
+    private var waitReason = ""
+
     init(runtime: Runtime, shard: LoopShard, sslContext: NIOSSLContext?, remoteAddress: String, logger: Logger) {
         self.id = Self.sessionIDs.next()
         self.runtime = runtime
@@ -173,8 +217,12 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             self.runtime.metrics.clientConnections.record(count)
         }
         if self.processID != 0 { self.runtime.cancelKeys.unregister(self.processID) }
+        self.waitTimer?.cancel()
+        self.waitTimer = nil
+        self.shard.topologyWaiters.removeValue(forKey: self.id)
         if let server = self.server, let pool = self.pool {
             self.server = nil
+            self.routeEnded()
             if self.tracker.isIdle && self.transactionStatus == .idle && self.pinReason == nil && !self.copyIn {
                 if self.mode == .session {
                     server.detach()
@@ -324,11 +372,21 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                         ErrorFields(severity: "FATAL", sqlState: "22023", message: "invalid command-line argument in options: \(value)"))
                 }
                 for (option, optionValue) in options {
+                    if option.lowercased().hasPrefix("tidegate.") {
+                        if let problem = self.applyTidegateOption(option.lowercased(), optionValue) {
+                            return self.fatal(ErrorFields(severity: "FATAL", sqlState: "22023", message: problem))
+                        }
+                        continue
+                    }
                     settings.apply(.set(name: option, statement: SessionSettings.setStatement(name: option, value: optionValue)))
                 }
             default:
                 if name.hasPrefix("_pq_.") {
                     unrecognized.append(name)
+                } else if name.lowercased().hasPrefix("tidegate.") {
+                    if let problem = self.applyTidegateOption(name.lowercased(), value) {
+                        return self.fatal(ErrorFields(severity: "FATAL", sqlState: "22023", message: problem))
+                    }
                 } else {
                     if name == "application_name" { self.applicationName = value }
                     settings.apply(.set(name: name, statement: SessionSettings.setStatement(name: name, value: value)))
@@ -339,6 +397,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             return self.fatal(ErrorFields(severity: "FATAL", sqlState: "28000", message: "no PostgreSQL user name specified in startup packet"))
         }
         if self.database.isEmpty { self.database = self.userName }
+        if self.region.isEmpty { self.region = self.config.region }
         self.settings = settings
         self.startupSettings = settings
         self.logger[metadataKey: "tidegate.user"] = "\(self.userName)"
@@ -353,6 +412,29 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         let action = machine.start()
         self.phase = .authenticating(machine)
         self.runAuth(action)
+    }
+
+    /// `tidegate.region` and `tidegate.route` from the startup packet; returns a problem to report.
+    private func applyTidegateOption(_ name: String, _ value: String) -> String? {
+        let config = self.config
+        switch name {
+        case "tidegate.region":
+            let names = config.regions.map(\.name)
+            guard names.contains(value) || (names.isEmpty && value == config.region) else {
+                return "tidegate.region \"\(value)\" is not a configured region (\(names.isEmpty ? config.region : names.joined(separator: ", ")))"
+            }
+            self.region = value
+        case "tidegate.route":
+            switch value.lowercased() {
+            case "primary": self.routePreference = .primary
+            case "replica": self.routePreference = .replica
+            case "auto", "": self.routePreference = nil
+            default: return "tidegate.route \"\(value)\" is not one of primary, replica, auto"
+            }
+        default:
+            return "unrecognized Tidegate option \"\(name)\" (tidegate.region, tidegate.route)"
+        }
+        return nil
     }
 
     private func runAuth(_ action: ClientAuthStateMachine.Action) {
@@ -384,7 +466,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             self.sendLoginCompletion(parameters: AdminSession.parameters)
             return
         }
-        let pool = self.shard.pool(for: PoolKey(database: self.database, user: self.userName, node: "primary"))
+        let pool = self.shard.pool(for: PoolKey(database: self.database, user: self.userName, node: self.loginNode))
         self.pool = pool
         if let parameters = pool.loginParameters[self.settings.statements] {
             // A client with the same startup settings logged in before: its parameters are known, so
@@ -400,6 +482,12 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
 
     private func sendLoginCompletion(parameters: [String: String]) {
         guard let context = self.context else { return }
+        var parameters = parameters
+        if self.config.routes && parameters["in_hot_standby"] != nil {
+            // Through Tidegate the database takes writes, whichever node answered the login; reads on
+            // replicas do not change what the client was told.
+            parameters["in_hot_standby"] = "off"
+        }
         let (processID, secretKey) = self.runtime.cancelKeys.register(self, loop: context.eventLoop)
         self.processID = processID
         self.secretKey = secretKey
@@ -486,13 +574,27 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                     return
                 }
                 if frame.id == FrontendMessageID.flush.rawValue && self.pending.isEmpty { return }
-                if self.pending.isEmpty && !self.checkoutInProgress, let server = self.takeServerImmediately() {
-                    self.attach(server)
+                // The rest of an extended-protocol request that failed without a server (failover wait).
+                if self.discardUntilSync && self.pending.isEmpty { return }
+                if self.pending.isEmpty && !self.checkoutInProgress && self.waitTimer == nil && !self.config.routes,
+                    let pool = self.pool, let server = self.takeServerImmediately(pool)
+                {
+                    self.attach(server, route: nil)
                     self.process(frame)
                     return
                 }
                 self.enqueue(frame)
                 self.acquireServer()
+                return
+            }
+            if self.holdForReroute {
+                self.enqueue(frame)
+                return
+            }
+            if self.mustReroute(frame) {
+                self.holdForReroute = true
+                self.enqueue(frame)
+                self.releaseServerIfDone()
                 return
             }
             self.process(frame)
@@ -516,6 +618,8 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             return self.protocolViolation("unknown message type \(frame.id)")
         }
         if self.discardUntilSync && id != .sync { return }
+        if self.retry != nil { self.retry?.frames.append(frame) }
+        if self.route != nil && self.config.routes { self.noteStatement(frame, id: id) }
         do {
             switch id {
             case .query:
@@ -593,7 +697,11 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 self.startRequest(self.currentClass)
                 server.write(frame.raw)
                 self.expect(.sync)
-            case .flush, .copyData, .copyDone, .copyFail:
+            case .flush:
+                server.write(frame.raw)
+                // The client waits for what is owed so far: nothing may stay held back.
+                if self.retry != nil { self.closeRetryWindow() }
+            case .copyData, .copyDone, .copyFail:
                 server.write(frame.raw)
             case .terminate:
                 self.phase = .closing
@@ -773,16 +881,35 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         guard let run = self.run else { return }
         self.run = nil
         if let slice = run.buffer.getSlice(at: run.start, length: run.end - run.start) {
-            self.context?.write(NIOAny(slice), promise: nil)
+            self.writeClient(slice)
+        }
+    }
+
+    /// Writes to the client, or holds the bytes back while a read may still be retried.
+    private func writeClient(_ buffer: ByteBuffer) {
+        if self.retry != nil {
+            self.held.append(buffer)
+        } else {
+            self.context?.write(NIOAny(buffer), promise: nil)
         }
     }
 
     func serverBufferDone(_ server: ServerConnection) {
         self.flushRun()
+        // The server answered: what it sent goes to the client, and the read can no longer be retried.
+        if self.retry != nil { self.closeRetryWindow() }
     }
 
     func serverFrame(_ frame: PostgresFrame, in buffer: ByteBuffer, at offset: Int, from server: ServerConnection) {
         guard self.context != nil else { return }
+        if self.retry != nil && frame.id == BackendMessageID.errorResponse.rawValue, let node = self.route?.node,
+            let fields = try? BackendMessage.errorFields(frame), self.isRetryable(fields)
+        {
+            self.logger.info(
+                "read failed before anything reached the client; retrying on another node",
+                metadata: ["node": "\(node)", "sqlstate": "\(fields.sqlState ?? "")", "error": "\(fields.message ?? "")"])
+            return self.retryRead(failedNode: node)
+        }
         self.events.removeAll(keepingCapacity: true)
         var output = self.tracker.received(frame, events: &self.events)
         if self.restoreStartupAtReady && frame.id == BackendMessageID.readyForQuery.rawValue && self.tracker.isIdle
@@ -838,7 +965,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             switch event {
             case .emit(let buffer):
                 self.flushRun()
-                self.context?.write(NIOAny(buffer), promise: nil)
+                self.writeClient(buffer)
             case .parseSucceeded:
                 break
             case .parseFailed(let serverName, let clientName):
@@ -934,19 +1061,25 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     /// In transaction pooling, the server goes back to the pool when the transaction is over and
     /// nothing more is owed.
     private func releaseServerIfDone() {
-        guard self.mode == .transaction, self.pinReason == nil, self.tracker.isIdle, self.pending.isEmpty,
+        guard self.mode == .transaction, self.pinReason == nil, self.tracker.isIdle, self.pending.isEmpty || self.holdForReroute,
             !self.copyIn, self.transactionStatus == .idle, let server = self.server, let pool = self.pool
         else { return }
         if case .ready = self.phase {} else { return }
         self.flushRun()
+        if self.retry != nil { self.closeRetryWindow() }
         server.flush()
         self.context?.flush()
         server.appliedSettings = self.serverSettingsUnknown ? ["-- reset by DISCARD ALL"] : self.settings.statements
         self.serverSettingsUnknown = false
         server.ownerDescription = ""
         self.server = nil
+        self.routeEnded()
         self.portals.removeAll(keepingCapacity: true)
         pool.release(server)
+        if self.holdForReroute {
+            self.holdForReroute = false
+            self.acquireServer()
+        }
     }
 
     func serverReadComplete(_ server: ServerConnection) {
@@ -960,7 +1093,12 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
 
     func serverClosed(_ server: ServerConnection) {
         guard server === self.server else { return }
+        if self.retry != nil, let node = self.route?.node {
+            self.logger.info("server connection closed before a read was answered; retrying on another node", metadata: ["node": "\(node)"])
+            return self.retryRead(failedNode: node)
+        }
         self.server = nil
+        self.routeEnded()
         self.tracker.reset()
         self.fatal(
             ErrorFields(
@@ -972,9 +1110,22 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     // MARK: Getting a server connection
 
     private func acquireServer() {
-        guard !self.checkoutInProgress, self.server == nil, let pool = self.pool else { return }
-        if let server = self.takeServerImmediately() {
-            self.attach(server)
+        guard !self.checkoutInProgress, self.server == nil, self.waitTimer == nil else { return }
+        var chosenRoute: Choice?
+        if case .ready = self.phase, self.config.routes {
+            guard let frame = self.pending.first else { return }
+            switch self.chooseRoute(for: frame) {
+            case .wait(let why):
+                return self.waitForTopology(why)
+            case .node(let chosen):
+                chosenRoute = chosen
+                self.pool = self.shard.pool(for: PoolKey(database: self.database, user: self.userName, node: chosen.node))
+            }
+        }
+        guard let pool = self.pool else { return }
+        let choice = chosenRoute
+        if let server = self.takeServerImmediately(pool) {
+            self.attach(server, route: choice)
             self.drainPending()
             return
         }
@@ -989,17 +1140,34 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 case .closing, .startup, .authenticating, .admin:
                     pool.release(server)
                 case .loggingIn:
-                    self.attach(server)
                     self.startupTimer?.cancel()
                     self.phase = .ready
                     pool.rememberLoginParameters(server.parameters.values, for: self.settings.statements)
-                    self.sendLoginCompletion(parameters: server.parameters.values)
+                    if self.config.routes {
+                        // The login only needed the server's parameters: the first statement is routed.
+                        self.sendLoginCompletion(parameters: server.parameters.values)
+                        pool.release(server)
+                    } else {
+                        self.attach(server, route: nil)
+                        self.sendLoginCompletion(parameters: server.parameters.values)
+                    }
                     self.drainPending()
                 case .ready:
-                    self.attach(server)
+                    self.attach(server, route: choice)
                     self.drainPending()
                 }
             case .failure(let error):
+                if case .ready = self.phase, let choice, Self.isConnectionFailure(error) {
+                    if choice.readOnly && self.config.routing.retryReads {
+                        // A read costs the client latency, not an error: try the next node.
+                        self.excludedNodes.insert(choice.node)
+                        self.runtime.metrics.readRetries.increment()
+                        self.acquireServer()
+                    } else {
+                        self.waitForTopology("the primary \(choice.node) is unreachable (\(error))")
+                    }
+                    return
+                }
                 let fields = (error as? TidegateError)?.clientFields
                     ?? ErrorFields(severity: "FATAL", sqlState: "08006", message: "server connection failed: \(error)")
                 self.fatal(fields)
@@ -1007,12 +1175,309 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         }
     }
 
+    /// A failure to reach a node (as opposed to the node refusing the client's login or settings).
+    static func isConnectionFailure(_ error: any Error) -> Bool {
+        switch error as? TidegateError {
+        case .serverRefused(let fields):
+            // The server is starting up, shutting down or in recovery.
+            return fields.sqlState?.hasPrefix("57P") == true
+        case .poolTimeout:
+            return false
+        case .serverUnavailable, nil:
+            return true
+        }
+    }
+
     /// An idle server connection with this client's settings, without waiting, or nil.
-    private func takeServerImmediately() -> ServerConnection? {
-        guard case .ready = self.phase, let pool = self.pool, let server = pool.checkoutImmediately() else { return nil }
+    private func takeServerImmediately(_ pool: ServerPool) -> ServerConnection? {
+        guard case .ready = self.phase, let server = pool.checkoutImmediately() else { return nil }
         if server.appliedSettings == self.settings.statements { return server }
         pool.release(server)
         return nil
+    }
+
+    // MARK: Routing
+
+    /// Where the next transaction goes, as decided for its first message.
+    struct Choice {
+        var node: String
+        var reason: String
+        var readOnly: Bool
+        var onReplica: Bool
+        var readOnlyTransaction: Bool
+    }
+
+    enum RouteChoice {
+        case node(Choice)
+        /// No node can take it now (no primary during a failover, or a split-brain): why.
+        case wait(String)
+    }
+
+    /// The node a login uses: the primary when one is known, else any node that is up.
+    private var loginNode: String {
+        let config = self.config
+        guard config.routes else { return config.nodes[0].name }
+        let topology = self.shard.topology
+        if let primary = topology.primary { return primary }
+        return topology.nodes.first(where: { $0.state == .up })?.name ?? config.nodes[0].name
+    }
+
+    /// The routing profile of the statement a message carries; nil for messages that carry none.
+    private func profile(of frame: PostgresFrame) -> RouteProfile? {
+        switch frame.frontendID {
+        case .query:
+            var body = frame.body
+            guard let query = body.readNullTerminatedBytes() else { return .primaryOnly }
+            return self.shard.routeProfile(query)
+        case .parse:
+            guard let parse = try? FrontendMessage.parse(frame) else { return .primaryOnly }
+            return self.shard.routeProfile(parse.queryBytes)
+        case .bind:
+            guard let bind = try? FrontendMessage.bind(frame) else { return .primaryOnly }
+            guard let info = self.lookup(bind.statementName) else { return .primaryOnly }
+            return self.shard.routeProfile(info.query)
+        case .describe:
+            guard let describe = try? FrontendMessage.describe(frame), describe.kind == UInt8(ascii: "S"),
+                let info = self.lookup(describe.name)
+            else { return nil }
+            return self.shard.routeProfile(info.query)
+        default:
+            return nil
+        }
+    }
+
+    private func isReadOnly(_ profile: RouteProfile) -> Bool {
+        if profile.functions.isEmpty { return profile.readCandidate || profile.beginsReadOnlyTransaction }
+        let catalog = self.shard.functionCatalog(database: self.database, user: self.userName, primary: self.shard.topology.primary)
+        return profile.isReadOnly { catalog?.isSafe($0) ?? false }
+    }
+
+    /// The position a replica must have replayed for this session's reads (read-your-writes); the maximum
+    /// LSN while the session's last write is not yet covered by a primary probe.
+    private func minimumLSN() -> LSN? {
+        let since: NIODeadline
+        switch self.config.routing.readYourWrites {
+        case .none:
+            return nil
+        case .session:
+            if let lsn = self.writeLSN { return lsn }
+            guard let lastWriteAt = self.lastWriteAt else { return nil }
+            since = lastWriteAt
+        case .global:
+            let nanos = self.runtime.lastWriteNanos.load(ordering: .relaxed)
+            guard nanos > 0 else { return nil }
+            since = NIODeadline.uptimeNanoseconds(UInt64(nanos))
+        }
+        guard let probe = self.shard.topology.primaryProbe, probe.sentAt > since else { return LSN(UInt64.max) }
+        if self.config.routing.readYourWrites == .session { self.writeLSN = probe.lsn }
+        return probe.lsn
+    }
+
+    private func chooseRoute(for frame: PostgresFrame) -> RouteChoice {
+        let config = self.config
+        let profile = self.profile(of: frame) ?? .primaryOnly
+        let readOnly = self.isReadOnly(profile)
+        var hint: RoutingRequest.Hint = .none
+        switch profile.hint?.route ?? self.routePreference {
+        case .primary: hint = .primary
+        case .replica: hint = .replica
+        case nil: break
+        }
+        let minimumLSN = readOnly ? self.minimumLSN() : nil
+        var request = RoutingRequest(
+            readOnly: readOnly, region: self.region, minimumLSN: minimumLSN,
+            maxLagSeconds: profile.hint?.maxLagSeconds ?? Double(config.routing.maxLagMs) / 1000, hint: hint,
+            hintRegion: profile.hint?.region)
+        request.maxLagBytes = config.routing.maxLagBytes > 0 ? UInt64(config.routing.maxLagBytes) : nil
+        request.excluded = self.excludedNodes
+        let decision = Router.decide(request, nodes: self.shard.routingNodes, fallbackRegions: config.fallbackRegions(of: self.region))
+        guard let node = decision.node else {
+            let topology = self.shard.topology
+            if decision.reason == .splitBrain {
+                return .wait("split-brain: \(topology.primaries.joined(separator: " and ")) both claim to be the primary, so writes are refused")
+            }
+            if !readOnly || topology.nodes.allSatisfy({ $0.state == .down || self.excludedNodes.contains($0.name) }) {
+                let known = topology.nodes.map { "\($0.name) \($0.state.rawValue)" }.joined(separator: ", ")
+                return .wait("no primary is available (\(known.isEmpty ? "no node has answered a health probe yet" : known))")
+            }
+            return .wait("no node can serve this read")
+        }
+        let reason: String
+        switch decision.reason {
+        case .write: reason = "write"
+        case .hintPrimary: reason = "hint"
+        case .regionalReplica: reason = "regional_replica"
+        case .fallbackReplica: reason = "fallback_replica"
+        case .noReplicaPrimary: reason = minimumLSN == LSN(UInt64.max) ? "read_your_writes" : "no_replica"
+        case .splitBrain: reason = "split_brain"
+        case .noPrimary: reason = "no_primary"
+        }
+        let onReplica = decision.reason == .regionalReplica || decision.reason == .fallbackReplica
+        return .node(
+            Choice(
+                node: node, reason: reason, readOnly: readOnly, onReplica: onReplica,
+                readOnlyTransaction: onReplica && profile.beginsReadOnlyTransaction))
+    }
+
+    /// Whether a message must wait for the attached replica to be released and be routed anew: a
+    /// statement that is not read-only, pipelined after an autocommit read that went to a replica.
+    private func mustReroute(_ frame: PostgresFrame) -> Bool {
+        guard self.mode == .transaction, let route = self.route, route.onReplica, !route.readOnlyTransaction,
+            self.pinReason == nil, let profile = self.profile(of: frame)
+        else { return false }
+        if profile.beginsReadOnlyTransaction {
+            self.route?.readOnlyTransaction = true
+            return false
+        }
+        return !self.isReadOnly(profile)
+    }
+
+    /// Notes a statement sent on the attached route: one that is not read-only makes the transaction a write.
+    private func noteStatement(_ frame: PostgresFrame, id: FrontendMessageID) {
+        guard let route = self.route, !route.wrote, !route.onReplica else { return }
+        switch id {
+        case .query, .parse, .bind, .functionCall:
+            if id == .functionCall || !(self.profile(of: frame).map(self.isReadOnly) ?? false) { self.route?.wrote = true }
+        default:
+            break
+        }
+    }
+
+    /// The attached server connection was let go: in-flight count and read-your-writes bookkeeping.
+    private func routeEnded() {
+        guard let route = self.route else { return }
+        self.route = nil
+        self.excludedNodes.removeAll()
+        self.waitDeadline = nil
+        self.shard.inFlight[route.node, default: 1] -= 1
+        if route.wrote && self.config.routing.readYourWrites != .none {
+            let now = NIODeadline.now()
+            self.lastWriteAt = now
+            self.writeLSN = nil
+            if self.config.routing.readYourWrites == .global { self.runtime.noteWrite(at: now) }
+        }
+    }
+
+    /// No node can take the next request now: wait for the health checker to find one (a promoted
+    /// primary) up to routing.failover_wait_ms, then fail the request with 57P03.
+    private func waitForTopology(_ why: String) {
+        let now = NIODeadline.now()
+        self.waitReason = why
+        if self.waitDeadline == nil {
+            self.waitDeadline = now + .milliseconds(Int64(self.config.routing.failoverWaitMs))
+            self.runtime.metrics.failoverWaits.increment()
+            self.logger.info("waiting for a node", metadata: ["reason": "\(why)"])
+        }
+        guard let deadline = self.waitDeadline, deadline > now, let loop = self.context?.eventLoop else {
+            return self.failWaitingRequest()
+        }
+        self.shard.topologyWaiters[self.id] = self
+        self.waitTimer = loop.scheduleTask(deadline: deadline) { [weak self] in
+            guard let self else { return }
+            self.waitTimer = nil
+            self.shard.topologyWaiters.removeValue(forKey: self.id)
+            self.failWaitingRequest()
+        }
+    }
+
+    /// The health checker published a new view: try again.
+    func topologyChanged() {
+        guard let timer = self.waitTimer else { return }
+        timer.cancel()
+        self.waitTimer = nil
+        self.shard.topologyWaiters.removeValue(forKey: self.id)
+        self.acquireServer()
+    }
+
+    /// Answers the first queued request with ERROR 57P03 (the session stays usable) and goes on with the
+    /// rest.
+    private func failWaitingRequest() {
+        guard let context = self.context else { return }
+        let waited = self.config.routing.failoverWaitMs
+        self.waitDeadline = nil
+        self.excludedNodes.removeAll()
+        self.runtime.metrics.failoverTimeouts.increment()
+        self.runtime.metrics.error(sqlState: "57P03")
+        self.logger.warning("request failed: no node could take it", metadata: ["reason": "\(self.waitReason)"])
+        var buffer = context.channel.allocator.buffer(capacity: 256)
+        BackendEncoder.errorResponse(
+            &buffer,
+            ErrorFields(
+                severity: "ERROR", sqlState: "57P03", message: "cannot run the statement now: \(self.waitReason)",
+                detail: "Tidegate waited \(waited) ms (routing.failover_wait_ms) for a node to take it.",
+                hint: "Retry once a primary has been promoted; SHOW NODES in the admin console shows what Tidegate sees."))
+        var answered = false
+        while let frame = self.pending.popFirst() {
+            self.pendingBytes -= frame.raw.readableBytes
+            if frame.id == FrontendMessageID.query.rawValue || frame.id == FrontendMessageID.sync.rawValue {
+                answered = true
+                break
+            }
+        }
+        if self.pending.isEmpty { self.pendingBytes = 0 }
+        if answered {
+            BackendEncoder.readyForQuery(&buffer, status: self.transactionStatus)
+        } else {
+            // The client has not sent its Sync yet: what it sends up to it is discarded, then answered.
+            self.discardUntilSync = true
+        }
+        context.writeAndFlush(NIOAny(buffer), promise: nil)
+        if self.readingPaused && self.pendingBytes <= self.shard.config.limits.clientBufferBytes / 2 {
+            self.readingPaused = false
+            _ = context.channel.setOption(ChannelOptions.autoRead, value: true)
+        }
+        if !self.pending.isEmpty { self.acquireServer() }
+    }
+
+    // MARK: Read retries
+
+    private func isRetryable(_ fields: ErrorFields) -> Bool {
+        if fields.severity == "FATAL" || fields.severity == "PANIC" { return true }
+        // Canceled by a conflict with recovery on a replica, or the server going down.
+        return (self.route?.onReplica == true && fields.sqlState == "40001") || fields.sqlState?.hasPrefix("57P") == true
+    }
+
+    /// Nothing of the read reached the client: release what is held, the read can no longer be retried.
+    private func closeRetryWindow() {
+        self.retry = nil
+        guard let context = self.context else {
+            self.held.removeAll()
+            return
+        }
+        for buffer in self.held { context.write(NIOAny(buffer), promise: nil) }
+        self.held.removeAll()
+    }
+
+    /// The read's node failed before anything reached the client: drop that server connection, put the
+    /// session back as it was before the read was sent, and send the read again elsewhere.
+    private func retryRead(failedNode: String) {
+        guard let window = self.retry else { return }
+        self.retry = nil
+        self.held.removeAll()
+        self.run = nil
+        if let server = self.server {
+            self.server = nil
+            server.mustClose = true
+            self.pool?.discard(server)
+        }
+        let excluded = self.excludedNodes
+        self.routeEnded()
+        self.excludedNodes = excluded
+        self.statements = window.statements
+        self.unnamed = window.unnamed
+        self.portals = window.portals
+        self.requestStarts = window.requestStarts
+        self.currentClass = window.currentClass
+        self.discardUntilSync = window.discardUntilSync
+        self.tracker.reset()
+        self.events.removeAll(keepingCapacity: true)
+        self.excludedNodes.insert(failedNode)
+        for frame in window.frames.reversed() {
+            self.pending.prepend(frame)
+            self.pendingBytes += frame.raw.readableBytes
+        }
+        self.runtime.metrics.readRetries.increment()
+        self.acquireServer()
     }
 
     /// Brings a server connection to this client's settings: RESET ALL, then the client's SETs.
@@ -1037,17 +1502,33 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         }
     }
 
-    private func attach(_ server: ServerConnection) {
+    private func attach(_ server: ServerConnection, route choice: Choice?) {
         server.attach(self)
         server.ownerDescription = "\(self.processID)"
         self.server = server
+        self.pool = self.shard.existingPool(server.key) ?? self.pool
+        if let choice {
+            self.route = AttachedRoute(
+                node: choice.node, readOnly: choice.readOnly, onReplica: choice.onReplica,
+                readOnlyTransaction: choice.readOnlyTransaction)
+            self.shard.inFlight[choice.node, default: 0] += 1
+            self.shard.countRouted(node: choice.node, reason: choice.reason)
+            if choice.readOnly && self.config.routing.retryReads && self.transactionStatus == .idle && self.mode == .transaction
+                && self.pinReason == nil
+            {
+                self.retry = RetryWindow(
+                    statements: self.statements, unnamed: self.unnamed, portals: self.portals, requestStarts: self.requestStarts,
+                    currentClass: self.currentClass, discardUntilSync: self.discardUntilSync)
+            }
+        }
         if let context = self.context {
             server.setAutoRead(context.channel.isWritable)
             // Parameters that differ on this server connection (a setting this client did not make).
             if case .ready = self.phase, !self.reportedParameters.isEmpty,
                 server.parameters.fingerprint != self.reportedParameters.fingerprint
             {
-                for (name, value) in server.parameters.values where self.reportedParameters[name] != value {
+                for (name, value) in server.parameters.values
+                where self.reportedParameters[name] != value && !(name == "in_hot_standby" && self.config.routes) {
                     var buffer = context.channel.allocator.buffer(capacity: 32)
                     BackendEncoder.parameterStatus(&buffer, name: name, value: value)
                     self.reportedParameters[name] = value
@@ -1058,7 +1539,12 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     }
 
     private func drainPending() {
-        while self.server != nil, case .ready = self.phase, let frame = self.pending.popFirst() {
+        while self.server != nil, case .ready = self.phase, let frame = self.pending.first {
+            if self.mustReroute(frame) {
+                self.holdForReroute = true
+                break
+            }
+            self.pending.removeFirst()
             self.pendingBytes -= frame.raw.readableBytes
             self.process(frame)
         }

@@ -63,6 +63,56 @@ public struct TidegateConfig: Sendable, Equatable {
         public var port = 5432
     }
 
+    /// A PostgreSQL server Tidegate may send statements to. Its role (primary or replica) is discovered
+    /// by the health checker, never configured.
+    public struct NamedNode: Sendable, Equatable {
+        public var name: String
+        public var region: String
+        public var endpoint: Node
+    }
+
+    public struct Region: Sendable, Equatable {
+        public var name: String
+        /// Regions tried, in this order, when no replica here can take a read.
+        public var fallback: [String]
+        public var nodes: [NamedNode]
+    }
+
+    /// Read-your-writes: how far a replica must have replayed before it may serve a client's read.
+    public enum ReadYourWrites: String, Sendable, CaseIterable {
+        /// No check: any replica within the lag limit.
+        case none
+        /// Past the client session's own last write (the default).
+        case session
+        /// Past the last write any client made through this Tidegate.
+        case global
+    }
+
+    public struct Routing: Sendable, Equatable {
+        public var readYourWrites = ReadYourWrites.session
+        /// Replicas whose replay lags more than this (seconds measure) serve no reads.
+        public var maxLagMs = 1_000
+        /// Replicas whose replay lags more than this many bytes of WAL serve no reads (0: no limit).
+        public var maxLagBytes = 0
+        /// Statements that need a primary wait this long for one to be discovered, then fail with 57P03.
+        public var failoverWaitMs = 15_000
+        /// A read that fails before anything reached the client is retried on another node.
+        public var retryReads = true
+        /// Volatile functions that may still run on a replica (on top of the built-in list).
+        public var safeFunctions: [String] = []
+    }
+
+    public struct Health: Sendable, Equatable {
+        public var intervalMs = 500
+        public var timeoutMs = 1_000
+        /// Probes a failed node must pass in a row before it counts as up again (flap damping).
+        public var upAfter = 3
+        /// The user and database the health checker logs in with (default: the first configured user
+        /// with a plain password; database postgres).
+        public var user = ""
+        public var database = "postgres"
+    }
+
     public struct User: Sendable, Equatable {
         public var name: String
         /// Plain password, or a SCRAM verifier.
@@ -76,7 +126,14 @@ public struct TidegateConfig: Sendable, Equatable {
     public var http = HTTP()
     public var limits = Limits()
     public var pool = Pool()
+    /// The single backend of a configuration without `regions` (node name `primary`).
     public var primary = Node(host: "127.0.0.1", port: 5432)
+    /// The region of this Tidegate instance: its clients' reads go to replicas there first.
+    public var region = "default"
+    /// Regions with their nodes; empty means one node, `primary`, in region `default`.
+    public var regions: [Region] = []
+    public var routing = Routing()
+    public var health = Health()
     public var authMethod = ClientAuthMethod.scramSHA256
     public var users: [String: User] = [:]
     /// Event-loop threads (0: one per CPU core). Each serves its own clients with the server connections
@@ -89,6 +146,40 @@ public struct TidegateConfig: Sendable, Equatable {
     public static let adminDatabase = "tidegate"
 
     public init() {}
+
+    /// Every backend node, in configuration order.
+    public var nodes: [NamedNode] {
+        if self.regions.isEmpty { return [NamedNode(name: "primary", region: self.region, endpoint: self.primary)] }
+        return self.regions.flatMap(\.nodes)
+    }
+
+    /// Whether statements are routed between several nodes (otherwise every statement goes to the only one).
+    public var routes: Bool { self.nodes.count > 1 }
+
+    public func node(named name: String) -> NamedNode? { self.nodes.first { $0.name == name } }
+
+    /// The fallback regions of `region`, in order (every other region when none are configured).
+    public func fallbackRegions(of region: String) -> [String] {
+        if let configured = self.regions.first(where: { $0.name == region }), !configured.fallback.isEmpty {
+            return configured.fallback
+        }
+        return self.regions.map(\.name).filter { $0 != region }
+    }
+
+    /// The login the health checker and the function catalog loader use: `health.user` (or the first
+    /// configured user with a usable password) and its backend password; nil when there is none.
+    public var healthLogin: (user: String, password: String?)? {
+        func password(_ user: User) -> String? {
+            user.backendPassword ?? (user.password.hasPrefix("SCRAM-SHA-256$") || user.password.isEmpty ? nil : user.password)
+        }
+        if !self.health.user.isEmpty {
+            return (self.health.user, self.users[self.health.user].flatMap(password))
+        }
+        guard let user = self.users.values.sorted(by: { $0.name < $1.name }).first(where: { password($0) != nil }) else {
+            return nil
+        }
+        return (user.name, password(user))
+    }
 }
 
 public struct ConfigError: Error, CustomStringConvertible, Sendable {
@@ -113,9 +204,9 @@ extension TidegateConfig {
         } catch {
             throw ConfigError(problems: ["cannot read \(path): \(error)"])
         }
-        let userNames: [String]
+        let layout: Layout
         do {
-            userNames = try Self.userNames(inYAML: text)
+            layout = try Self.layout(inYAML: text)
         } catch let error as ConfigError {
             throw error
         } catch {
@@ -136,22 +227,48 @@ extension TidegateConfig {
             EnvironmentVariablesProvider(environmentVariables: prefixed),
             file,
         ])
-        return try Self.read(reader, userNames: userNames)
+        return try Self.read(reader, layout: layout)
     }
 
-    /// User names are the keys of the `users` mapping (swift-configuration reads values by key but does
-    /// not enumerate mappings).
-    static func userNames(inYAML text: String) throws -> [String] {
-        guard let root = try Yams.compose(yaml: text) else { return [] }
-        guard let mapping = root.mapping else { throw ConfigError(problems: ["the top level must be a mapping"]) }
-        guard let users = mapping["users"] else { return [] }
-        guard let usersMapping = users.mapping else {
-            throw ConfigError(problems: ["users: must be a mapping of user name to settings"])
+    /// The names the file gives to mapping keys: users, regions and their nodes (swift-configuration reads
+    /// values by key but does not enumerate mappings).
+    struct Layout: Equatable {
+        var userNames: [String] = []
+        /// Region names with their node names, in file order.
+        var regions: [(name: String, nodes: [String])] = []
+
+        static func == (lhs: Layout, rhs: Layout) -> Bool {
+            lhs.userNames == rhs.userNames && lhs.regions.map(\.name) == rhs.regions.map(\.name)
+                && lhs.regions.map(\.nodes) == rhs.regions.map(\.nodes)
         }
-        return usersMapping.keys.compactMap(\.string)
     }
 
-    static func read(_ reader: ConfigReader, userNames: [String]) throws -> TidegateConfig {
+    static func layout(inYAML text: String) throws -> Layout {
+        var layout = Layout()
+        guard let root = try Yams.compose(yaml: text) else { return layout }
+        guard let mapping = root.mapping else { throw ConfigError(problems: ["the top level must be a mapping"]) }
+        if let users = mapping["users"] {
+            guard let usersMapping = users.mapping else {
+                throw ConfigError(problems: ["users: must be a mapping of user name to settings"])
+            }
+            layout.userNames = usersMapping.keys.compactMap(\.string)
+        }
+        if let regions = mapping["regions"] {
+            guard let regionsMapping = regions.mapping else {
+                throw ConfigError(problems: ["regions: must be a mapping of region name to its nodes"])
+            }
+            for (key, value) in regionsMapping {
+                guard let name = key.string else { continue }
+                guard let nodes = value.mapping?["nodes"]?.mapping else {
+                    throw ConfigError(problems: ["regions.\(name).nodes: must be a mapping of node name to host and port"])
+                }
+                layout.regions.append((name, nodes.keys.compactMap(\.string)))
+            }
+        }
+        return layout
+    }
+
+    static func read(_ reader: ConfigReader, layout: Layout) throws -> TidegateConfig {
         var config = TidegateConfig()
         var problems: [String] = []
 
@@ -195,19 +312,23 @@ extension TidegateConfig {
         for path in [config.listen.tlsCertificate, config.listen.tlsPrivateKey] where !path.isEmpty {
             if !FileManager.default.isReadableFile(atPath: path) { problems.append("TLS file not readable: \(path)") }
         }
+        func choice<Value: RawRepresentable & CaseIterable>(_ key: String, _ value: inout Value) where Value.RawValue == String {
+            var text = value.rawValue
+            string(key, &text)
+            if let parsed = Value(rawValue: text) {
+                value = parsed
+            } else {
+                problems.append("\(key): \"\(text)\" is not one of \(Value.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+        }
+
         string("http.host", &config.http.host)
         int("http.port", &config.http.port, min: 0, max: 65535)
         int("limits.max_message_bytes", &config.limits.maxMessageBytes, min: 1024, max: 1 << 30)
         int("limits.startup_timeout_ms", &config.limits.startupTimeoutMs, min: 100)
         int("limits.idle_in_transaction_timeout_ms", &config.limits.idleInTransactionTimeoutMs)
         int("limits.client_buffer_bytes", &config.limits.clientBufferBytes, min: 8192)
-        var mode = config.pool.mode.rawValue
-        string("pool.mode", &mode)
-        if let parsed = PoolMode(rawValue: mode) {
-            config.pool.mode = parsed
-        } else {
-            problems.append("pool.mode: \"\(mode)\" is not one of session, transaction")
-        }
+        choice("pool.mode", &config.pool.mode)
         int("pool.min_size", &config.pool.minSize)
         int("pool.max_size", &config.pool.maxSize, min: 1)
         if config.pool.minSize > config.pool.maxSize { problems.append("pool.min_size is larger than pool.max_size") }
@@ -220,13 +341,58 @@ extension TidegateConfig {
         int("pool.max_prepared_per_server", &config.pool.maxPreparedPerServer, min: 1)
         string("primary.host", &config.primary.host)
         int("primary.port", &config.primary.port, min: 1, max: 65535)
-        var method = config.authMethod.rawValue
-        string("auth.method", &method)
-        if let parsed = ClientAuthMethod(rawValue: method) {
-            config.authMethod = parsed
-        } else {
-            problems.append("auth.method: \"\(method)\" is not one of scram-sha-256, md5, trust")
+        string("region", &config.region)
+        var nodeNames: Set<String> = []
+        for (regionName, nodes) in layout.regions {
+            guard Self.isName(regionName) else {
+                problems.append("regions: \"\(regionName)\" is not a valid region name (letters, digits, - and _)")
+                continue
+            }
+            let fallback = reader.stringArray(forKey: ConfigKey("regions.\(regionName).fallback")) ?? []
+            var region = Region(name: regionName, fallback: fallback, nodes: [])
+            for nodeName in nodes {
+                guard Self.isName(nodeName) else {
+                    problems.append("regions.\(regionName).nodes: \"\(nodeName)\" is not a valid node name (letters, digits, - and _)")
+                    continue
+                }
+                guard nodeNames.insert(nodeName).inserted else {
+                    problems.append("regions.\(regionName).nodes: node \"\(nodeName)\" is named twice")
+                    continue
+                }
+                var endpoint = Node(host: "127.0.0.1", port: 5432)
+                string("regions.\(regionName).nodes.\(nodeName).host", &endpoint.host)
+                int("regions.\(regionName).nodes.\(nodeName).port", &endpoint.port, min: 1, max: 65535)
+                region.nodes.append(NamedNode(name: nodeName, region: regionName, endpoint: endpoint))
+            }
+            config.regions.append(region)
         }
+        if !config.regions.isEmpty {
+            let names = config.regions.map(\.name)
+            if reader.string(forKey: ConfigKey("region")) == nil { config.region = names[0] }
+            if !names.contains(config.region) {
+                problems.append("region: \"\(config.region)\" is not one of the configured regions (\(names.joined(separator: ", ")))")
+            }
+            for region in config.regions {
+                for fallback in region.fallback where !names.contains(fallback) || fallback == region.name {
+                    problems.append("regions.\(region.name).fallback: \"\(fallback)\" is not another configured region")
+                }
+                if region.nodes.isEmpty { problems.append("regions.\(region.name).nodes: no nodes") }
+            }
+        }
+        choice("routing.read_your_writes", &config.routing.readYourWrites)
+        int("routing.max_lag_ms", &config.routing.maxLagMs)
+        int("routing.max_lag_bytes", &config.routing.maxLagBytes)
+        int("routing.failover_wait_ms", &config.routing.failoverWaitMs)
+        bool("routing.retry_reads", &config.routing.retryReads)
+        if let functions = reader.stringArray(forKey: ConfigKey("routing.safe_functions")) {
+            config.routing.safeFunctions = functions.map { $0.lowercased().trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        }
+        int("health.interval_ms", &config.health.intervalMs, min: 50)
+        int("health.timeout_ms", &config.health.timeoutMs, min: 50)
+        int("health.up_after", &config.health.upAfter, min: 1, max: 100)
+        string("health.user", &config.health.user)
+        string("health.database", &config.health.database)
+        choice("auth.method", &config.authMethod)
         int("threads", &config.threads, min: 0, max: 256)
         if config.threads == 0 { config.threads = max(1, ProcessInfo.processInfo.activeProcessorCount) }
         int("shutdown_timeout_ms", &config.shutdownTimeoutMs)
@@ -234,7 +400,7 @@ extension TidegateConfig {
         if !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(config.logLevel) {
             problems.append("log_level: \"\(config.logLevel)\" is not a log level")
         }
-        for name in userNames {
+        for name in layout.userNames {
             guard !name.isEmpty, !name.contains(".") else {
                 problems.append("users: \"\(name)\" is not a valid user name (no dots)")
                 continue
@@ -253,10 +419,20 @@ extension TidegateConfig {
                 name: name, password: password, backendPassword: backendPassword.isEmpty ? nil : backendPassword,
                 admin: admin)
         }
+        if config.routes && config.healthLogin == nil {
+            problems.append("health.user: no user with a plain password (or backend_password) to probe the nodes with")
+        }
         if config.users.isEmpty && config.authMethod != .trust {
             problems.append("users: no users configured, so nobody can log in")
         }
         if !problems.isEmpty { throw ConfigError(problems: problems) }
         return config
+    }
+
+    static func isName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.allSatisfy { byte in
+            (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A) || byte == 0x2D
+                || byte == 0x5F
+        }
     }
 }

@@ -1,7 +1,9 @@
+import CoreMetrics
 import Logging
 import NIOCore
 import NIOPosix
 import SQLAnalysis
+import Topology
 
 /// Everything one event loop owns: its share of every pool, its client sessions, its statistics and its
 /// statement memo. Only touched on that loop.
@@ -53,14 +55,116 @@ final class LoopShard: @unchecked Sendable {
         self.config = runtime.config
     }
 
-    func start(probesPrimary: Bool = false) {
+    func start() {
         self.maintenance = self.loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [weak self] _ in
             guard let self else { return }
             for pool in self.pools.values { pool.maintain() }
             self.publishTraffic()
-            if probesPrimary { self.probePrimary() }
         }
-        if probesPrimary { self.probePrimary() }
+    }
+
+    // MARK: Topology and routing
+
+    /// The health checker's last view.
+    private(set) var topology = TopologyView()
+    /// Sessions waiting for a node (a primary during failover), woken by every new view.
+    var topologyWaiters: [Int: ClientSession] = [:]
+    /// Server connections of each node lent to this loop's clients (least busy first).
+    var inFlight: [String: Int] = [:]
+
+    func topologyChanged(_ view: TopologyView) {
+        self.topology = view
+        guard !self.topologyWaiters.isEmpty else { return }
+        let waiters = self.topologyWaiters.values.sorted { $0.id < $1.id }
+        for session in waiters { session.topologyChanged() }
+    }
+
+    /// The nodes as the router sees them, with this loop's in-flight counts.
+    var routingNodes: [NodeSnapshot] {
+        var nodes = self.topology.nodes
+        for index in nodes.indices { nodes[index].inFlight = self.inFlight[nodes[index].name, default: 0] }
+        return nodes
+    }
+
+    private var routedCounters: [String: CoreMetrics.Counter] = [:]
+
+    func countRouted(node: String, reason: String) {
+        let key = node + "\u{0}" + reason
+        if let counter = self.routedCounters[key] {
+            counter.increment()
+            return
+        }
+        let counter = self.runtime.metrics.routed(node: node, reason: reason)
+        self.routedCounters[key] = counter
+        counter.increment()
+    }
+
+    /// Memo of routing profiles by query text (bounded), so a repeated statement is parsed once.
+    private var profileMemo: [ByteBuffer: RouteProfile] = [:]
+    static let profileMemoLimit = 20_000
+
+    func routeProfile(_ query: ByteBuffer) -> RouteProfile {
+        if let profile = self.profileMemo[query] { return profile }
+        let profile = RouteProfile(sql: String(buffer: query))
+        if self.profileMemo.count >= Self.profileMemoLimit { self.profileMemo.removeAll(keepingCapacity: true) }
+        self.profileMemo[ByteBuffer(bytes: query.readableBytesView)] = profile
+        return profile
+    }
+
+    /// Function volatility per database, loaded from the primary's pg_proc on first use and after RELOAD.
+    private var catalogs: [String: FunctionCatalog] = [:]
+    private var catalogsLoading: Set<String> = []
+
+    /// The catalog of `database`, or nil while it loads (then only function-free reads count as read-only).
+    func functionCatalog(database: String, user: String, primary: String?) -> FunctionCatalog? {
+        if let catalog = self.catalogs[database] { return catalog }
+        if let primary, !self.catalogsLoading.contains(database) {
+            self.loadCatalog(database: database, user: user, primary: primary)
+        }
+        return nil
+    }
+
+    static let catalogSQL = """
+        SELECT n.nspname, p.proname, p.provolatile FROM pg_catalog.pg_proc p         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+        """
+
+    private func loadCatalog(database: String, user: String, primary: String) {
+        self.catalogsLoading.insert(database)
+        let pool = self.pool(for: PoolKey(database: database, user: user, node: primary))
+        let generation = self.catalogGeneration
+        pool.checkout().flatMap { server in
+            server.runInternalRows(Self.catalogSQL).always { _ in pool.release(server) }
+        }.whenComplete { [self] result in
+            self.catalogsLoading.remove(database)
+            guard generation == self.catalogGeneration else { return }
+            switch result {
+            case .success(let rows):
+                var catalog = FunctionCatalog(allowList: self.config.routing.safeFunctions)
+                for row in rows where row.count == 3 {
+                    catalog.add(schema: row[0] ?? "", name: row[1] ?? "", volatility: row[2] ?? "v")
+                }
+                self.catalogs[database] = catalog
+                self.logger.debug("function catalog loaded", metadata: ["database": "\(database)", "functions": "\(rows.count)"])
+            case .failure(let error):
+                self.logger.warning(
+                    "could not load function volatility; reads calling functions go to the primary until it loads",
+                    metadata: ["database": "\(database)", "error": "\(error)"])
+            }
+        }
+    }
+
+    private var catalogGeneration = 0
+
+    /// After RELOAD: function volatility is read again (the allow-list may have changed too).
+    func reloaded() {
+        self.catalogGeneration += 1
+        self.catalogs.removeAll()
+        self.catalogsLoading.removeAll()
+    }
+
+    /// Closes the idle connections to a drained node (busy ones finish their work first).
+    func closeIdleConnections(node: String) {
+        for pool in self.pools.values where pool.key.node == node { pool.closeIdle() }
     }
 
     private var publishedBytesIn = 0
@@ -74,24 +178,12 @@ final class LoopShard: @unchecked Sendable {
         self.publishedBytesOut = self.bytesOut
     }
 
-    /// A TCP connect to the primary, for /readyz.
-    private func probePrimary() {
-        let primary = self.config.primary
-        let runtime = self.runtime
-        ClientBootstrap(group: self.loop).connectTimeout(.seconds(1)).connect(host: primary.host, port: primary.port)
-            .whenComplete { result in
-                switch result {
-                case .success(let channel):
-                    runtime.primaryReachable.store(true, ordering: .relaxed)
-                    channel.close(promise: nil)
-                case .failure:
-                    runtime.primaryReachable.store(false, ordering: .relaxed)
-                }
-            }
-    }
+    /// Set on the loop that runs the health checker.
+    var healthChecker: HealthChecker?
 
     func stop() {
         self.maintenance?.cancel()
+        self.healthChecker?.stop()
         for pool in self.pools.values { pool.closeAll() }
     }
 

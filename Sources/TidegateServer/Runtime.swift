@@ -2,6 +2,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import Synchronization
+import Topology
 
 /// State shared by every event loop: the configuration (swapped on reload), the metrics, the cancel-key
 /// registry, and each loop's shard. Hot paths read the configuration through one uncontended lock.
@@ -36,7 +37,61 @@ public final class Runtime: Sendable {
     }
 
     func node(named name: String) -> TidegateConfig.Node? {
-        name == "primary" ? self.config.primary : nil
+        self.config.node(named: name)?.endpoint
+    }
+
+    // MARK: Topology
+
+    private let topologyBox = NIOLockedValueBox(TopologyView())
+    private let drainingBox = NIOLockedValueBox(Set<String>())
+    /// Uptime (nanoseconds) of the last write any client made, for read-your-writes `global`.
+    let lastWriteNanos = Atomic<Int64>(0)
+
+    /// The last view the health checker published.
+    var topology: TopologyView { self.topologyBox.withLockedValue { $0 } }
+
+    /// Nodes an operator drained (DRAIN): they get no new work.
+    var drainingNodes: Set<String> { self.drainingBox.withLockedValue { $0 } }
+
+    /// Marks a node drained or not; the next published view shows it. Returns false for an unknown node.
+    func setDraining(_ node: String, _ draining: Bool) -> Bool {
+        guard self.config.node(named: node) != nil else { return false }
+        self.drainingBox.withLockedValue { nodes in
+            if draining { nodes.insert(node) } else { nodes.remove(node) }
+        }
+        // Apply at once rather than at the next probe round.
+        var view = self.topology
+        for index in view.nodes.indices where view.nodes[index].name == node {
+            if draining && view.nodes[index].state != .down {
+                view.nodes[index].state = .draining
+            } else if !draining && view.nodes[index].state == .draining {
+                view.nodes[index].state = .up
+            }
+        }
+        view.version += 1
+        self.publish(view)
+        if draining {
+            for reference in self.shards {
+                reference.loop.execute { reference.shard.value.closeIdleConnections(node: node) }
+            }
+        }
+        return true
+    }
+
+    /// Hands a new view to every event loop (and to the admin console and metrics).
+    func publish(_ view: TopologyView) {
+        self.topologyBox.withLockedValue { $0 = view }
+        self.primaryReachable.store(view.primary != nil || (!self.config.routes && view.nodes.first?.state == .up), ordering: .relaxed)
+        self.metrics.topology(view)
+        for reference in self.shards {
+            reference.loop.execute { reference.shard.value.topologyChanged(view) }
+        }
+    }
+
+    /// Notes a write (read-your-writes `global`).
+    func noteWrite(at time: NIODeadline) {
+        let nanos = Int64(time.uptimeNanoseconds)
+        _ = self.lastWriteNanos.max(nanos, ordering: .relaxed)
     }
 
     var shards: [LoopShardReference] { self.shardsBox.withLockedValue { $0 } }
@@ -176,6 +231,9 @@ extension Runtime {
         merged.http = old.http
         merged.threads = old.threads
         self.replaceConfig(merged)
+        for reference in self.shards {
+            reference.loop.execute { reference.shard.value.reloaded() }
+        }
         self.logger.info("configuration reloaded", metadata: ["path": "\(path)"])
     }
 }

@@ -26,8 +26,8 @@ final class ServerConnection: ChannelInboundHandler, @unchecked Sendable {
 
     enum State {
         case connecting(BackendStartupStateMachine, EventLoopPromise<Void>)
-        /// Running a query of Tidegate's own (settings replay, liveness check, reset).
-        case internalQuery(EventLoopPromise<Void>, error: ErrorFields?)
+        /// Running a query of Tidegate's own (settings replay, liveness check, reset, health probe).
+        case internalQuery(InternalQuery)
         case idle
         case owned
         case closed
@@ -145,9 +145,9 @@ final class ServerConnection: ChannelInboundHandler, @unchecked Sendable {
         case .connecting(_, let promise):
             self.state = .closed
             promise.fail(error)
-        case .internalQuery(let promise, _):
+        case .internalQuery(let query):
             self.state = .closed
-            promise.fail(error)
+            query.promise.fail(error)
         case .idle, .owned, .closed:
             self.state = .closed
         }
@@ -156,15 +156,21 @@ final class ServerConnection: ChannelInboundHandler, @unchecked Sendable {
 
     /// Runs a statement of Tidegate's own and discards its results. Fails with the server's error.
     func runInternal(_ sql: String) -> EventLoopFuture<Void> {
+        self.runInternalRows(sql).map { _ in () }
+    }
+
+    /// Runs statements of Tidegate's own (simple protocol) and returns the rows of all of them as text.
+    /// Fails with the server's first error.
+    func runInternalRows(_ sql: String) -> EventLoopFuture<[[String?]]> {
         guard let channel = self.channel, case .idle = self.state else {
             return self.loop.makeFailedFuture(TidegateError.serverUnavailable("server connection is not idle"))
         }
-        let promise = self.loop.makePromise(of: Void.self)
-        self.state = .internalQuery(promise, error: nil)
+        let query = InternalQuery(promise: self.loop.makePromise())
+        self.state = .internalQuery(query)
         var buffer = channel.allocator.buffer(capacity: sql.utf8.count + 6)
         FrontendEncoder.query(&buffer, sql)
         channel.writeAndFlush(buffer, promise: nil)
-        return promise.futureResult
+        return query.promise.futureResult
     }
 
     func attach(_ owner: any ServerConnectionOwner) {
@@ -279,19 +285,21 @@ final class ServerConnection: ChannelInboundHandler, @unchecked Sendable {
                 promise.fail(TidegateError.serverRefused(fields))
                 context.close(promise: nil)
             }
-        case .internalQuery(let promise, let error):
+        case .internalQuery(let query):
             switch frame.backendID {
             case .errorResponse:
                 let fields = (try? BackendMessage.errorFields(frame)) ?? ErrorFields(severity: "ERROR", sqlState: "XX000", message: "unknown error")
-                self.state = .internalQuery(promise, error: error ?? fields)
+                if query.error == nil { query.error = fields }
+            case .dataRow:
+                if let row = Self.textRow(frame) { query.rows.append(row) }
             case .parameterStatus:
                 if let (name, value) = try? BackendMessage.parameterStatus(frame) { self.parameters[name] = value }
             case .readyForQuery:
                 self.state = .idle
-                if let error {
-                    promise.fail(TidegateError.serverRefused(error))
+                if let error = query.error {
+                    query.promise.fail(TidegateError.serverRefused(error))
                 } else {
-                    promise.succeed(())
+                    query.promise.succeed(query.rows)
                 }
             default:
                 break
@@ -333,6 +341,35 @@ final class ServerConnection: ChannelInboundHandler, @unchecked Sendable {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         self.logger.debug("server connection error: \(error)")
         context.close(promise: nil)
+    }
+}
+
+/// The result of a query of Tidegate's own, collected as it arrives.
+final class InternalQuery {
+    let promise: EventLoopPromise<[[String?]]>
+    var rows: [[String?]] = []
+    var error: ErrorFields?
+
+    init(promise: EventLoopPromise<[[String?]]>) { self.promise = promise }
+}
+
+extension ServerConnection {
+    /// The columns of a DataRow as text (NULL as nil); nil when the message is malformed.
+    static func textRow(_ frame: PostgresFrame) -> [String?]? {
+        var body = frame.body
+        guard let count = body.readInteger(as: Int16.self), count >= 0 else { return nil }
+        var row: [String?] = []
+        row.reserveCapacity(Int(count))
+        for _ in 0..<count {
+            guard let length = body.readInteger(as: Int32.self) else { return nil }
+            if length < 0 {
+                row.append(nil)
+            } else {
+                guard let bytes = body.readSlice(length: Int(length)) else { return nil }
+                row.append(String(buffer: bytes))
+            }
+        }
+        return row
     }
 }
 

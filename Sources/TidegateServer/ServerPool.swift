@@ -368,6 +368,14 @@ final class ServerPool: @unchecked Sendable {
         }
     }
 
+    /// Closes every idle connection (a drained node).
+    func closeIdle() {
+        for server in self.idle {
+            self.remove(server)
+            server.close()
+        }
+    }
+
     func closeAll() {
         for server in Array(self.all.values) {
             self.remove(server)

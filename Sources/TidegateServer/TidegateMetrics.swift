@@ -1,5 +1,6 @@
 import CoreMetrics
 import NIOConcurrencyHelpers
+import Topology
 
 /// Every metric handle, created once with fixed dimensions (never SQL text or user names in labels).
 /// Names follow OpenTelemetry's database conventions where one exists.
@@ -14,6 +15,12 @@ final class TidegateMetrics: Sendable {
     let bytesOut = Counter(label: "tidegate_client_bytes_sent_total")
     let authFailures = Counter(label: "tidegate_auth_failures_total")
     let protocolErrors = Counter(label: "tidegate_protocol_errors_total")
+    let readRetries = Counter(label: "tidegate_read_retries_total")
+    let failoverWaits = Counter(label: "tidegate_failover_waits_total")
+    let failoverTimeouts = Counter(label: "tidegate_failover_wait_timeouts_total")
+    let splitBrain = Gauge(label: "tidegate_split_brain")
+    private let nodeGauges = NIOLockedValueBox([String: (up: Gauge, primary: Gauge, lagSeconds: Gauge, lagBytes: Gauge)]())
+    private let routedCounters = NIOLockedValueBox([String: Counter]())
     /// Indexed by `StatementClass.index`.
     private let queryCounters: [Counter]
     private let queryTimers: [Timer]
@@ -31,6 +38,40 @@ final class TidegateMetrics: Sendable {
     func query(_ statementClass: StatementClass, nanoseconds: Int64) {
         self.queryCounters[statementClass.index].increment()
         self.queryTimers[statementClass.index].recordNanoseconds(nanoseconds)
+    }
+
+    /// A statement (a transaction, in transaction pooling) sent to `node` for `reason`. Node names come from
+    /// the configuration and reasons from a fixed list, so the label set stays bounded.
+    func routed(node: String, reason: String) -> Counter {
+        let key = node + "\u{0}" + reason
+        return self.routedCounters.withLockedValue { counters in
+            if let counter = counters[key] { return counter }
+            let counter = Counter(label: "tidegate_routed_total", dimensions: [("node", node), ("reason", reason)])
+            counters[key] = counter
+            return counter
+        }
+    }
+
+    /// Node gauges from a published topology view.
+    func topology(_ view: TopologyView) {
+        self.splitBrain.record(view.splitBrain ? 1 : 0)
+        for node in view.nodes {
+            let gauges = self.nodeGauges.withLockedValue { gauges in
+                if let existing = gauges[node.name] { return existing }
+                let made = (
+                    up: Gauge(label: "tidegate_node_up", dimensions: [("node", node.name)]),
+                    primary: Gauge(label: "tidegate_node_primary", dimensions: [("node", node.name)]),
+                    lagSeconds: Gauge(label: "tidegate_node_lag_seconds", dimensions: [("node", node.name)]),
+                    lagBytes: Gauge(label: "tidegate_node_lag_bytes", dimensions: [("node", node.name)])
+                )
+                gauges[node.name] = made
+                return made
+            }
+            gauges.up.record(node.state == .down ? 0 : 1)
+            gauges.primary.record(node.role == .primary ? 1 : 0)
+            gauges.lagSeconds.record(node.lagSeconds ?? -1)
+            gauges.lagBytes.record(Double(node.lagBytes ?? 0))
+        }
     }
 
     /// Counts an error by SQLSTATE class (first two characters).

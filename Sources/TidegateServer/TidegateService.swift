@@ -31,15 +31,24 @@ public final class TidegateService: Service, Sendable {
 
     public func run() async throws {
         let config = self.runtime.config
-        for (index, loop) in self.group.makeIterator().enumerated() {
+        for loop in self.group.makeIterator() {
             let runtime = self.runtime
             let logger = self.logger
             let reference = try await loop.submit {
                 let shard = LoopShard(loop: loop, runtime: runtime, logger: logger)
-                shard.start(probesPrimary: index == 0)
+                shard.start()
                 return LoopShardReference(loop: loop, shard: NIOLoopBound(shard, eventLoop: loop))
             }.get()
             self.runtime.addShard(reference)
+        }
+        if let first = self.runtime.shards.first {
+            let runtime = self.runtime
+            let logger = self.logger
+            try await first.loop.submit {
+                let checker = HealthChecker(loop: first.loop, runtime: runtime, logger: logger)
+                first.shard.value.healthChecker = checker
+                checker.start()
+            }.get()
         }
         let sslContext: NIOSSLContext?
         if config.listen.tlsEnabled {

@@ -11,13 +11,16 @@ public struct NodeSnapshot: Sendable, Equatable {
     public var lsn: LSN?
     /// Replication lag in seconds (replicas), when known.
     public var lagSeconds: Double?
+    /// Replication lag in bytes of WAL behind the primary (replicas), when known.
+    public var lagBytes: UInt64?
     /// Statements in flight on this node (least busy first).
     public var inFlight: Int
 
     public init(
         name: String, region: String, role: Role, state: State, lsn: LSN? = nil, lagSeconds: Double? = nil,
-        inFlight: Int = 0
+        lagBytes: UInt64? = nil, inFlight: Int = 0
     ) {
+        self.lagBytes = lagBytes
         self.name = name
         self.region = region
         self.role = role
@@ -44,6 +47,10 @@ public struct RoutingRequest: Sendable, Equatable {
     public var minimumLSN: LSN?
     /// The largest replication lag the client accepts.
     public var maxLagSeconds: Double
+    /// The largest lag in WAL bytes the client accepts (nil: no limit).
+    public var maxLagBytes: UInt64?
+    /// Nodes not to use (a read being retried after one of them failed).
+    public var excluded: Set<String> = []
     public var hint: Hint
     /// A region named by a hint, tried first.
     public var hintRegion: String?
@@ -80,14 +87,16 @@ public enum Router {
     ) -> RoutingDecision {
         let primaries = nodes.filter { $0.role == .primary && $0.state != .down }
         if primaries.count > 1 { return RoutingDecision(node: nil, reason: .splitBrain) }
-        let primary = primaries.first(where: { $0.state != .draining })
+        let primary = primaries.first(where: { $0.state != .draining && !request.excluded.contains($0.name) })
         guard request.readOnly, request.hint != .primary else {
             let reason: RoutingDecision.Reason = request.hint == .primary && request.readOnly ? .hintPrimary : .write
             return RoutingDecision(node: primary?.name, reason: primary == nil ? .noPrimary : reason)
         }
         let usable = nodes.filter { node in
-            node.role == .replica && node.state == .up
+            // A lagging replica is usable by a request that accepts its lag (a max_lag hint).
+            node.role == .replica && (node.state == .up || node.state == .lagging) && !request.excluded.contains(node.name)
                 && (node.lagSeconds ?? .infinity) <= request.maxLagSeconds
+                && (request.maxLagBytes.map { limit in node.lagBytes.map { $0 <= limit } ?? false } ?? true)
                 && (request.minimumLSN.map { minimum in node.lsn.map { $0 >= minimum } ?? false } ?? true)
         }
         var regions: [String] = []

@@ -90,7 +90,10 @@ struct CheckConfig: AsyncParsableCommand {
             let config = try await TidegateConfig.load(path: self.options.config, overrides: try self.options.overrides)
             print("\(self.options.config): OK")
             print("  listen \(config.listen.host):\(config.listen.port), pool.mode \(config.pool.mode.rawValue), max_size \(config.pool.maxSize)")
-            print("  primary \(config.primary.host):\(config.primary.port), auth \(config.authMethod.rawValue), \(config.users.count) user(s)")
+            print("  auth \(config.authMethod.rawValue), \(config.users.count) user(s), region \(config.region)")
+            for node in config.nodes {
+                print("  node \(node.name) (region \(node.region)) \(node.endpoint.host):\(node.endpoint.port)")
+            }
         } catch let error as ConfigError {
             FileHandleOutput.standardError(error.description)
             throw ExitCode(2)

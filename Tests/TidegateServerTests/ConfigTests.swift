@@ -64,8 +64,17 @@ import Testing
         #expect(config.pool.idleTimeoutMs == 600_000)
         #expect(config.pool.serverLifetimeMs == 3_600_000)
         #expect(config.pool.livenessCheckAfterMs == 30_000)
-        #expect(config.primary.host == "127.0.0.1")
-        #expect(config.primary.port == 15432)
+        #expect(config.region == "us-east")
+        #expect(
+            config.nodes.map { "\($0.region)/\($0.name)@\($0.endpoint.host):\($0.endpoint.port)" } == [
+                "us-east/pg-primary@127.0.0.1:15432", "us-east/us-east-1@127.0.0.1:15433", "eu-west/eu-west-1@127.0.0.1:15434",
+            ])
+        #expect(config.routes)
+        #expect(config.fallbackRegions(of: "us-east") == ["eu-west"])
+        #expect(config.routing == TidegateConfig.Routing())
+        #expect(config.health.intervalMs == 500)
+        #expect(config.healthLogin?.user == "tidegate")
+        #expect(config.healthLogin?.password == "tidegate")
         #expect(config.authMethod == .scramSHA256)
         #expect(
             config.users == [
@@ -110,6 +119,8 @@ import Testing
         #expect(config.pool.prepareUnnamed)
         #expect(config.pool.maxPreparedPerServer == 1_000)
         #expect(config.primary.port == 5432)
+        #expect(config.nodes == [.init(name: "primary", region: "default", endpoint: .init(host: "127.0.0.1", port: 5432))])
+        #expect(!config.routes)
         #expect(config.shutdownTimeoutMs == 30_000)
         #expect(config.users["tidegate"]?.admin == false)
     }
@@ -222,5 +233,89 @@ import Testing
         let problems = try await Self.problems(Self.minimalYAML + "\nlisten:\n  tls_certificate: /no/such/cert.pem\n")
         #expect(problems.contains { $0.contains("listen.tls_certificate") && $0.contains("listen.tls_private_key") })
         #expect(problems.contains { $0.contains("/no/such/cert.pem") })
+    }
+
+    @Test func regionsNodesAndRouting() async throws {
+        let yaml = Self.minimalYAML + """
+
+            region: eu-west
+            regions:
+              us-east:
+                nodes:
+                  a: {host: db-a, port: 5433}
+                  b: {host: db-b}
+              eu-west:
+                fallback: [us-east]
+                nodes:
+                  c: {port: 6000}
+              ap-south:
+                fallback: [eu-west, us-east]
+                nodes:
+                  d: {}
+            routing:
+              read_your_writes: global
+              max_lag_ms: 250
+              max_lag_bytes: 1048576
+              failover_wait_ms: 2000
+              retry_reads: false
+              safe_functions: [My_Func, audit.peek]
+            health:
+              interval_ms: 200
+              up_after: 5
+            """
+        let config = try await Self.withTemporaryFile(yaml) { try await TidegateConfig.load(path: $0, environment: [:]) }
+        #expect(config.region == "eu-west")
+        #expect(config.nodes.map(\.name) == ["a", "b", "c", "d"])
+        #expect(config.node(named: "a")?.endpoint == .init(host: "db-a", port: 5433))
+        #expect(config.node(named: "b")?.endpoint == .init(host: "db-b", port: 5432))
+        #expect(config.node(named: "c")?.region == "eu-west")
+        #expect(config.fallbackRegions(of: "ap-south") == ["eu-west", "us-east"])
+        // Without a configured fallback: every other region, in file order.
+        #expect(config.fallbackRegions(of: "us-east") == ["eu-west", "ap-south"])
+        #expect(config.routing.readYourWrites == .global)
+        #expect(config.routing.maxLagMs == 250)
+        #expect(config.routing.maxLagBytes == 1_048_576)
+        #expect(config.routing.failoverWaitMs == 2_000)
+        #expect(!config.routing.retryReads)
+        #expect(config.routing.safeFunctions == ["my_func", "audit.peek"])
+        #expect(config.health.intervalMs == 200)
+        #expect(config.health.upAfter == 5)
+        #expect(config.healthLogin?.user == "tidegate")
+    }
+
+    @Test func badRegionsAreReported() async throws {
+        let problems = try await Self.problems(
+            Self.minimalYAML + """
+
+                region: mars
+                regions:
+                  us-east:
+                    fallback: [nowhere]
+                    nodes:
+                      a: {port: 1}
+                  eu-west:
+                    nodes:
+                      a: {port: 2}
+                routing:
+                  read_your_writes: sometimes
+                """)
+        #expect(problems.contains { $0.contains("region: \"mars\" is not one of the configured regions") })
+        #expect(problems.contains { $0.contains("\"nowhere\" is not another configured region") })
+        #expect(problems.contains { $0.contains("node \"a\" is named twice") })
+        #expect(problems.contains { $0.contains("routing.read_your_writes") })
+    }
+
+    @Test func routingNeedsAHealthLogin() async throws {
+        let problems = try await Self.problems(
+            """
+            auth:
+              method: trust
+            regions:
+              r:
+                nodes:
+                  a: {port: 1}
+                  b: {port: 2}
+            """)
+        #expect(problems.contains { $0.contains("health.user") })
     }
 }

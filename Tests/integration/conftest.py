@@ -128,6 +128,53 @@ def spawn_proxy(proxy: h.Proxy, tmp_path_factory: pytest.TempPathFactory):
             _SPAWNED.remove(p)
 
 
+def _tidegate_launcher(tmp_path_factory: pytest.TempPathFactory, started: list[h.Proxy]):
+    def launch(overrides: dict[str, Any], name: str = "variant") -> h.Proxy:
+        if h.expected_kind() != "tidegate":
+            pytest.skip("needs a Tidegate instance the suite starts itself (the proxy is PgBouncer)")
+        if os.environ.get("TIDEGATE_URL_HOSTPORT", "").strip():
+            pytest.skip("TIDEGATE_URL_HOSTPORT is set: the suite does not start other Tidegate "
+                        "instances with modified configs")
+        workdir = tmp_path_factory.mktemp(name)
+        try:
+            p = h.start_tidegate(workdir, h.allocate_port("pg"), h.allocate_port("http"), overrides,
+                                 name=f"tidegate-{name}")
+        except h.ProxyUnavailable as e:
+            pytest.skip(str(e))
+        except h.ProxyStartError as e:
+            pytest.fail(str(e), pytrace=False)
+        started.append(p)
+        _SPAWNED.append(p)
+        return p
+    return launch
+
+
+def _retire(started: list[h.Proxy]) -> None:
+    for p in started:
+        p.stop()
+        if p in _SPAWNED:
+            _SPAWNED.remove(p)
+
+
+@pytest.fixture
+def tidegate_instance(tmp_path_factory: pytest.TempPathFactory):
+    """Factory: tidegate_instance(overrides, name) starts a Tidegate (never the stand-in) with the
+    base config plus dotted-key overrides, independent of the session proxy and of the lab (e.g.
+    pointed at a throwaway cluster); stopped at the end of the test; its log tail is attached to
+    failures."""
+    started: list[h.Proxy] = []
+    yield _tidegate_launcher(tmp_path_factory, started)
+    _retire(started)
+
+
+@pytest.fixture(scope="module")
+def module_tidegate(tmp_path_factory: pytest.TempPathFactory):
+    """Like tidegate_instance, but instances live until the end of the module."""
+    started: list[h.Proxy] = []
+    yield _tidegate_launcher(tmp_path_factory, started)
+    _retire(started)
+
+
 @pytest.fixture
 def direct_conn(lab: None):
     with psycopg.connect(h.direct_dsn(), autocommit=True) as c:

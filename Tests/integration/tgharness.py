@@ -244,6 +244,11 @@ def tidegate_config(port: int, http_port: int, overrides: dict[str, Any] | None 
                                "(python3 -m pip install pyyaml)") from e
     base = REPO / "config" / "tidegate.yaml"
     cfg = yaml.safe_load(base.read_text()) or {}
+    # The suite's base is a single node, the lab primary: routing tests opt in with `regions`
+    # overrides (regions_overrides()).
+    for key in ("region", "regions"):
+        cfg.pop(key, None)
+    cfg["primary"] = {"host": HOST, "port": PRIMARY_PORT}
     _set_dotted(cfg, "listen.host", HOST)
     _set_dotted(cfg, "listen.port", port)
     _set_dotted(cfg, "http.host", HOST)
@@ -255,7 +260,39 @@ def tidegate_config(port: int, http_port: int, overrides: dict[str, Any] | None 
     cfg["users"] = users
     for k, v in (overrides or {}).items():
         _set_dotted(cfg, k, v)
+    if "regions" in cfg:
+        # Regional topology: the single-node `primary:` key of the base config must not be there too.
+        cfg.pop("primary", None)
     return cfg
+
+
+# The lab's nodes as Tidegate sees them (node names are arbitrary: roles are discovered).
+US_EAST_PORT = int(os.environ.get("TIDEGATE_US_EAST_PORT", "15433"))
+EU_WEST_PORT = int(os.environ.get("TIDEGATE_EU_WEST_PORT", "15434"))
+LAB_NODE_PORTS = {"primary": PRIMARY_PORT, "us-east-1": US_EAST_PORT, "eu-west-1": EU_WEST_PORT}
+
+
+def regions_overrides(region: str = "us-east", regions: dict[str, Any] | None = None,
+                      routing: dict[str, Any] | None = None,
+                      health: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Overrides for a regional (routing) config; by default the lab: us-east = primary + us-east-1,
+    eu-west = eu-west-1, each the other's fallback. `routing` / `health` entries are merged into
+    the defaults below (fast probes so tests do not wait long)."""
+    if regions is None:
+        regions = {
+            "us-east": {"fallback": ["eu-west"], "nodes": {
+                "primary": {"host": HOST, "port": PRIMARY_PORT},
+                "us-east-1": {"host": HOST, "port": US_EAST_PORT}}},
+            "eu-west": {"fallback": ["us-east"], "nodes": {
+                "eu-west-1": {"host": HOST, "port": EU_WEST_PORT}}},
+        }
+    r = {"read_your_writes": "session", "max_lag_ms": 1000, "max_lag_bytes": 0,
+         "failover_wait_ms": 15000, "retry_reads": True, "safe_functions": []}
+    r.update(routing or {})
+    hc = {"interval_ms": 500, "timeout_ms": 1000, "up_after": 3, "user": "tidegate",
+          "database": "postgres"}
+    hc.update(health or {})
+    return {"region": region, "regions": regions, "routing": r, "health": hc}
 
 
 def start_tidegate(workdir: Path, port: int, http_port: int,
@@ -1029,6 +1066,70 @@ def wait_for(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -
             return True
         time.sleep(interval)
     return pred()
+
+
+def admin_query(proxy: Proxy, sql: str, **extra: Any) -> tuple[str | None, list[str], list[tuple]]:
+    """One admin-console command (simple protocol): (command tag, column names, rows)."""
+    with psycopg.connect(proxy.dsn(proxy.admin_db, "tidegate", **extra), autocommit=True) as c:
+        cur = c.execute(sql)
+        names = [d.name for d in cur.description] if cur.description else []
+        rows = cur.fetchall() if cur.description else []
+        return cur.statusmessage, names, rows
+
+
+def admin_dicts(proxy: Proxy, sql: str, **extra: Any) -> list[dict[str, Any]]:
+    _, names, rows = admin_query(proxy, sql, **extra)
+    return [dict(zip(names, r)) for r in rows]
+
+
+def show_nodes(proxy: Proxy) -> dict[str, dict[str, str]]:
+    """SHOW NODES keyed by node name; values as text ('' for NULL)."""
+    return {str(r["node"]): {k: "" if v is None else str(v) for k, v in r.items()}
+            for r in admin_dicts(proxy, "SHOW NODES")}
+
+
+def nodes_summary(nodes: dict[str, dict[str, str]]) -> str:
+    return "; ".join(f"{n}: role={r.get('role')} state={r.get('state')} lag_s={r.get('lag_seconds')} "
+                     f"lag_b={r.get('lag_bytes')} error={r.get('error')!r}" for n, r in nodes.items())
+
+
+def wait_nodes(proxy: Proxy, expect: dict[str, tuple[str | None, str | None]],
+               timeout: float = 10.0) -> dict[str, dict[str, str]]:
+    """Poll SHOW NODES until every node in `expect` has the given (role, state) (None = any);
+    fail with the last SHOW NODES otherwise."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            nodes = show_nodes(proxy)
+            last = nodes
+            if all(n in nodes and (role is None or nodes[n].get("role") == role)
+                   and (state is None or nodes[n].get("state") == state)
+                   for n, (role, state) in expect.items()):
+                return nodes
+        except psycopg.Error as e:
+            last = f"{type(e).__name__}: {e}"
+        if time.monotonic() >= deadline:
+            shown = nodes_summary(last) if isinstance(last, dict) else last
+            raise AssertionError(f"SHOW NODES did not reach {expect} within {timeout:.0f} s; "
+                                 f"last: {shown}")
+        time.sleep(0.1)
+
+
+def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Prometheus samples of one metric: [(labels, value)]."""
+    import re
+
+    out = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.match(r"^%s(\{(.*)\})?\s+(\S+)" % re.escape(name), line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        out.append((labels, float(m.group(3))))
+    return out
 
 
 def iter_chunks(data: bytes, size: int) -> Iterable[bytes]:

@@ -1,0 +1,133 @@
+/// A per-statement routing hint in a leading comment:
+/// `/* tidegate: route=primary */`, `route=replica`, `region=eu-west`, `max_lag=500ms` (several may be
+/// combined, separated by spaces or commas).
+public struct RoutingHint: Sendable, Equatable {
+    public enum Route: String, Sendable { case primary, replica }
+
+    public var route: Route?
+    public var region: String?
+    public var maxLagSeconds: Double?
+
+    public init(route: Route? = nil, region: String? = nil, maxLagSeconds: Double? = nil) {
+        self.route = route
+        self.region = region
+        self.maxLagSeconds = maxLagSeconds
+    }
+
+    /// The hint of a query text: only a `/* tidegate: ... */` comment before the first token counts.
+    /// Unknown keys and malformed values are ignored (the statement is routed as if they were absent).
+    public static func parse(_ sql: String) -> RoutingHint? {
+        var text = Substring(sql)
+        while let first = text.first, first.isWhitespace { text = text.dropFirst() }
+        guard text.hasPrefix("/*"), let end = text.range(of: "*/") else { return nil }
+        var body = text[text.index(text.startIndex, offsetBy: 2)..<end.lowerBound]
+        while let first = body.first, first.isWhitespace { body = body.dropFirst() }
+        guard body.lowercased().hasPrefix("tidegate:") else { return nil }
+        body = body.dropFirst("tidegate:".count)
+        var hint = RoutingHint()
+        for item in body.split(whereSeparator: { $0 == "," || $0.isWhitespace }) {
+            let parts = item.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard parts.count == 2 else { continue }
+            switch parts[0].lowercased() {
+            case "route": hint.route = Route(rawValue: parts[1].lowercased())
+            case "region": hint.region = parts[1].isEmpty ? nil : parts[1]
+            case "max_lag": hint.maxLagSeconds = Self.duration(parts[1])
+            default: continue
+            }
+        }
+        return hint
+    }
+
+    /// `500ms`, `2s`, `1.5s`, `1min`, or a bare number of milliseconds.
+    static func duration(_ text: String) -> Double? {
+        let lower = text.lowercased()
+        for (suffix, scale) in [("ms", 0.001), ("min", 60.0), ("s", 1.0)] where lower.hasSuffix(suffix) {
+            return Double(lower.dropLast(suffix.count)).flatMap { $0 >= 0 ? $0 * scale : nil }
+        }
+        return Double(lower).flatMap { $0 >= 0 ? $0 / 1000 : nil }
+    }
+}
+
+/// What routing needs to know of a query text, computed once per text (the caller memoizes it).
+public struct RouteProfile: Sendable, Equatable {
+    /// Only reads (and SET/SHOW): may run on a replica if every function called is known not to write.
+    public var readCandidate: Bool
+    /// Starts a transaction declared READ ONLY (and does nothing that writes).
+    public var beginsReadOnlyTransaction: Bool
+    /// Functions called (lower case, qualified as written).
+    public var functions: [String]
+    public var hint: RoutingHint?
+    /// The parser rejected the text; it goes to the primary, which reports the error.
+    public var parseError: Bool
+
+    public init(readCandidate: Bool, beginsReadOnlyTransaction: Bool = false, functions: [String] = [], hint: RoutingHint? = nil, parseError: Bool = false) {
+        self.readCandidate = readCandidate
+        self.beginsReadOnlyTransaction = beginsReadOnlyTransaction
+        self.functions = functions
+        self.hint = hint
+        self.parseError = parseError
+    }
+
+    /// A statement that must run on the primary.
+    public static let primaryOnly = RouteProfile(readCandidate: false)
+
+    public init(sql: String) {
+        let hint = RoutingHint.parse(sql)
+        guard let analysis = try? QueryAnalyzer.analyze(sql) else {
+            self.init(readCandidate: false, hint: hint, parseError: true)
+            return
+        }
+        let clean = !analysis.hasDataModifyingCTE && !analysis.hasLockingClause && analysis.relationsWritten.isEmpty
+        let readKinds: Set<StatementKind> = [.read, .show, .set]
+        let readOnlyTransaction =
+            analysis.transactionReadOnly == true && clean
+            && analysis.kinds.allSatisfy { readKinds.contains($0) || $0 == .transaction }
+        self.init(
+            readCandidate: clean && !analysis.kinds.isEmpty && analysis.kinds.allSatisfy { readKinds.contains($0) },
+            beginsReadOnlyTransaction: readOnlyTransaction, functions: analysis.functions.sorted(), hint: hint)
+    }
+
+    /// Whether the statement may run on a replica, given which functions are known not to write.
+    public func isReadOnly(isSafeFunction: (String) -> Bool) -> Bool {
+        (self.readCandidate || self.beginsReadOnlyTransaction) && self.functions.allSatisfy(isSafeFunction)
+    }
+}
+
+/// Which functions are known not to write: from pg_proc's volatility (immutable and stable functions
+/// cannot write), plus volatile functions on an allow-list.
+public struct FunctionCatalog: Sendable {
+    /// Volatile functions that only read (or only consume randomness / the clock).
+    public static let builtInSafe: Set<String> = [
+        "random", "random_normal", "setseed", "clock_timestamp", "timeofday", "gen_random_uuid", "uuid_generate_v4",
+        "pg_sleep", "pg_sleep_for", "pg_sleep_until", "pg_backend_pid", "pg_stat_get_activity",
+    ]
+
+    /// Names (unqualified and schema-qualified) of functions that are volatile in at least one overload.
+    private var volatileNames: Set<String> = []
+    /// Names (unqualified and schema-qualified) of every function.
+    private var knownNames: Set<String> = []
+    private let allowList: Set<String>
+
+    public init(allowList: some Sequence<String>) {
+        self.allowList = Set(allowList.map { $0.lowercased() }).union(Self.builtInSafe)
+    }
+
+    /// Adds one pg_proc row: schema, name, provolatile ('i', 's' or 'v').
+    public mutating func add(schema: String, name: String, volatility: String) {
+        let names = [name.lowercased(), "\(schema.lowercased()).\(name.lowercased())"]
+        for name in names {
+            self.knownNames.insert(name)
+            if volatility == "v" { self.volatileNames.insert(name) }
+        }
+    }
+
+    public var count: Int { self.knownNames.count }
+
+    /// Known, and either never volatile or allowed. A function the catalog does not know (created after it
+    /// was loaded, or misspelt) is not safe.
+    public func isSafe(_ function: String) -> Bool {
+        let unqualified = function.split(separator: ".").last.map(String.init) ?? function
+        if self.allowList.contains(function) || self.allowList.contains(unqualified) { return true }
+        return self.knownNames.contains(function) && !self.volatileNames.contains(function)
+    }
+}
