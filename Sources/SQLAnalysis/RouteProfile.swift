@@ -131,3 +131,125 @@ public struct FunctionCatalog: Sendable {
         return self.knownNames.contains(function) && !self.volatileNames.contains(function)
     }
 }
+
+extension RouteProfile {
+    /// The key under which a query text's profile is memoized: the text with its literal values masked
+    /// (single-quoted strings become `''`, numbers at the start of a token become `0`), so the statement
+    /// `... WHERE id = 42` and `... WHERE id = 43` share one parse. Literal values cannot change a
+    /// routing profile; everything else (keywords, identifiers, quoted identifiers, comments, hints) is
+    /// kept byte for byte. Returns nil when the text holds something the masking does not handle
+    /// unambiguously (a backslash in a string, dollar quoting): then the whole text is the key.
+    public static func memoKey(_ sql: some Collection<UInt8>) -> [UInt8]? {
+        var key: [UInt8] = []
+        key.reserveCapacity(sql.count)
+        var iterator = Array(sql)[...]
+        var previous: UInt8 = 0x20
+        func isIdentifier(_ byte: UInt8) -> Bool {
+            (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A) || byte == 0x5F
+                || byte >= 0x80
+        }
+        while let byte = iterator.first {
+            switch byte {
+            case UInt8(ascii: "'"):
+                // A string: '' inside doubles a quote. A backslash may be an escape (E'' or
+                // standard_conforming_strings off): do not guess.
+                iterator = iterator.dropFirst()
+                var closed = false
+                while let inner = iterator.first {
+                    iterator = iterator.dropFirst()
+                    if inner == UInt8(ascii: "\\") { return nil }
+                    if inner == UInt8(ascii: "'") {
+                        if iterator.first == UInt8(ascii: "'") {
+                            iterator = iterator.dropFirst()
+                            continue
+                        }
+                        closed = true
+                        break
+                    }
+                }
+                guard closed else { return nil }
+                key.append(contentsOf: [UInt8(ascii: "'"), UInt8(ascii: "'")])
+                previous = UInt8(ascii: "'")
+            case UInt8(ascii: "\""):
+                // A quoted identifier: kept.
+                key.append(byte)
+                iterator = iterator.dropFirst()
+                var closed = false
+                while let inner = iterator.first {
+                    key.append(inner)
+                    iterator = iterator.dropFirst()
+                    if inner == UInt8(ascii: "\"") {
+                        if iterator.first == UInt8(ascii: "\"") {
+                            key.append(inner)
+                            iterator = iterator.dropFirst()
+                            continue
+                        }
+                        closed = true
+                        break
+                    }
+                }
+                guard closed else { return nil }
+                previous = byte
+            case UInt8(ascii: "$"):
+                // $1 is a parameter; $tag$ or $$ starts a dollar-quoted string.
+                let next = iterator.dropFirst().first
+                guard let next, next >= 0x30 && next <= 0x39, !isIdentifier(previous) else { return nil }
+                key.append(byte)
+                iterator = iterator.dropFirst()
+                while let digit = iterator.first, digit >= 0x30 && digit <= 0x39 {
+                    key.append(digit)
+                    iterator = iterator.dropFirst()
+                }
+                previous = UInt8(ascii: "0")
+            case UInt8(ascii: "-") where iterator.dropFirst().first == UInt8(ascii: "-"):
+                // A line comment: kept.
+                while let inner = iterator.first, inner != 0x0A {
+                    key.append(inner)
+                    iterator = iterator.dropFirst()
+                }
+            case UInt8(ascii: "/") where iterator.dropFirst().first == UInt8(ascii: "*"):
+                // A block comment (they nest): kept.
+                var depth = 0
+                repeat {
+                    if iterator.starts(with: [UInt8(ascii: "/"), UInt8(ascii: "*")]) {
+                        depth += 1
+                        key.append(contentsOf: iterator.prefix(2))
+                        iterator = iterator.dropFirst(2)
+                    } else if iterator.starts(with: [UInt8(ascii: "*"), UInt8(ascii: "/")]) {
+                        depth -= 1
+                        key.append(contentsOf: iterator.prefix(2))
+                        iterator = iterator.dropFirst(2)
+                    } else if let inner = iterator.first {
+                        key.append(inner)
+                        iterator = iterator.dropFirst()
+                    } else {
+                        return nil
+                    }
+                } while depth > 0
+                previous = 0x20
+            case UInt8(ascii: "0")...UInt8(ascii: "9") where !isIdentifier(previous):
+                // A number: digits, a decimal point, an exponent.
+                while let digit = iterator.first,
+                    (digit >= 0x30 && digit <= 0x39) || digit == UInt8(ascii: ".") || digit == UInt8(ascii: "_")
+                {
+                    iterator = iterator.dropFirst()
+                }
+                if let e = iterator.first, e == UInt8(ascii: "e") || e == UInt8(ascii: "E") {
+                    var rest = iterator.dropFirst()
+                    if let sign = rest.first, sign == UInt8(ascii: "+") || sign == UInt8(ascii: "-") { rest = rest.dropFirst() }
+                    if let digit = rest.first, digit >= 0x30 && digit <= 0x39 {
+                        iterator = rest
+                        while let digit = iterator.first, digit >= 0x30 && digit <= 0x39 { iterator = iterator.dropFirst() }
+                    }
+                }
+                key.append(UInt8(ascii: "0"))
+                previous = UInt8(ascii: "0")
+            default:
+                key.append(byte)
+                iterator = iterator.dropFirst()
+                previous = byte
+            }
+        }
+        return key
+    }
+}

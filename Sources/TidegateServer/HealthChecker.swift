@@ -60,7 +60,8 @@ final class OncePromise<Value: Sendable>: @unchecked Sendable {
 // @unchecked Sendable: confined to its event loop; every access happens there.
 final class HealthChecker: @unchecked Sendable {
     /// What one node's probes have found so far.
-    final class Probe {
+    // @unchecked Sendable: touched only on the checker's event loop.
+    final class Probe: @unchecked Sendable {
         let name: String
         let region: String
         var endpoint: TidegateConfig.Node

@@ -99,15 +99,25 @@ final class LoopShard: @unchecked Sendable {
         counter.increment()
     }
 
-    /// Memo of routing profiles by query text (bounded), so a repeated statement is parsed once.
+    /// Memo of routing profiles (bounded), so a repeated statement is parsed once: by exact text first
+    /// (prepared statements, repeated texts), then by the text with its literal values masked (the same
+    /// statement with other values).
     private var profileMemo: [ByteBuffer: RouteProfile] = [:]
+    private var maskedProfileMemo: [[UInt8]: RouteProfile] = [:]
     static let profileMemoLimit = 20_000
 
     func routeProfile(_ query: ByteBuffer) -> RouteProfile {
         if let profile = self.profileMemo[query] { return profile }
+        let masked = query.withUnsafeReadableBytes { RouteProfile.memoKey($0) }
+        if let masked, let profile = self.maskedProfileMemo[masked] { return profile }
         let profile = RouteProfile(sql: String(buffer: query))
-        if self.profileMemo.count >= Self.profileMemoLimit { self.profileMemo.removeAll(keepingCapacity: true) }
-        self.profileMemo[ByteBuffer(bytes: query.readableBytesView)] = profile
+        if let masked {
+            if self.maskedProfileMemo.count >= Self.profileMemoLimit { self.maskedProfileMemo.removeAll(keepingCapacity: true) }
+            self.maskedProfileMemo[masked] = profile
+        } else {
+            if self.profileMemo.count >= Self.profileMemoLimit { self.profileMemo.removeAll(keepingCapacity: true) }
+            self.profileMemo[ByteBuffer(bytes: query.readableBytesView)] = profile
+        }
         return profile
     }
 

@@ -80,11 +80,23 @@ public final class Runtime: Sendable {
 
     /// Hands a new view to every event loop (and to the admin console and metrics).
     func publish(_ view: TopologyView) {
-        self.topologyBox.withLockedValue { $0 = view }
+        let previous = self.topologyBox.withLockedValue { box in
+            let previous = box
+            box = view
+            return previous
+        }
+        // Idle connections to a node that just went down are dead or about to be: close them rather
+        // than hand them out.
+        let wentDown = view.nodes.filter { node in
+            node.state == .down && previous.nodes.contains { $0.name == node.name && $0.state != .down }
+        }.map(\.name)
         self.primaryReachable.store(view.primary != nil || (!self.config.routes && view.nodes.first?.state == .up), ordering: .relaxed)
         self.metrics.topology(view)
         for reference in self.shards {
-            reference.loop.execute { reference.shard.value.topologyChanged(view) }
+            reference.loop.execute {
+                for node in wentDown { reference.shard.value.closeIdleConnections(node: node) }
+                reference.shard.value.topologyChanged(view)
+            }
         }
     }
 

@@ -101,3 +101,34 @@ import Testing
         #expect(RouteProfile(sql: "/* tidegate: route=primary */ SELECT 1").hint?.route == .primary)
     }
 }
+
+@Suite struct RouteProfileMemoKeyTests {
+    func key(_ sql: String) -> String? {
+        RouteProfile.memoKey(Array(sql.utf8)).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    @Test func literalValuesAreMasked() {
+        #expect(self.key("SELECT abalance FROM t WHERE aid = 42") == "SELECT abalance FROM t WHERE aid = 0")
+        #expect(self.key("SELECT abalance FROM t WHERE aid = 7") == self.key("SELECT abalance FROM t WHERE aid = 123456"))
+        #expect(self.key("select 'AAPL', 'it''s', 1.5e-3, .5") == "select '', '', 0, .0")
+        #expect(self.key("select * from t where x = $1 and y = $12") == "select * from t where x = $1 and y = $12")
+    }
+
+    @Test func identifiersCommentsAndHintsAreKept() {
+        #expect(self.key("select t1.c2 from t1") == "select t1.c2 from t1")
+        #expect(self.key("select \"weird 'name\" from t") == "select \"weird 'name\" from t")
+        #expect(self.key("/* tidegate: route=primary */ select 1") == "/* tidegate: route=primary */ select 0")
+        #expect(self.key("select 1 -- it's 2\n, 3") == "select 0 -- it's 2\n, 0")
+        #expect(self.key("/* a /* nested ' */ b */ select 1") == "/* a /* nested ' */ b */ select 0")
+        #expect(self.key("select 1 for update") != self.key("select 1"))
+    }
+
+    @Test func ambiguousTextsAreNotMasked() {
+        #expect(self.key("select E'\\' ; delete from t; --'") == nil)
+        #expect(self.key("select $$it's$$") == nil)
+        #expect(self.key("select $tag$x$tag$") == nil)
+        #expect(self.key("select 'unterminated") == nil)
+        #expect(self.key("select \"unterminated") == nil)
+        #expect(self.key("/* unterminated") == nil)
+    }
+}
