@@ -59,6 +59,8 @@ public struct RouteProfile: Sendable, Equatable {
     public var hint: RoutingHint?
     /// The parser rejected the text; it goes to the primary, which reports the error.
     public var parseError: Bool
+    /// Only transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT…): writes nothing by itself.
+    public var transactionControl = false
 
     public init(readCandidate: Bool, beginsReadOnlyTransaction: Bool = false, functions: [String] = [], hint: RoutingHint? = nil, parseError: Bool = false) {
         self.readCandidate = readCandidate
@@ -85,6 +87,7 @@ public struct RouteProfile: Sendable, Equatable {
         self.init(
             readCandidate: clean && !analysis.kinds.isEmpty && analysis.kinds.allSatisfy { readKinds.contains($0) },
             beginsReadOnlyTransaction: readOnlyTransaction, functions: analysis.functions.sorted(), hint: hint)
+        self.transactionControl = !analysis.kinds.isEmpty && analysis.kinds.allSatisfy { $0 == .transaction }
     }
 
     /// Whether the statement may run on a replica, given which functions are known not to write.

@@ -146,6 +146,14 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     private var retry: RetryWindow?
     /// Output held back while a read may still be retried.
     private var held: [ByteBuffer] = []
+    private var heldBytes = 0
+    /// The server sent part of the answer itself (a row, a command tag, ReadyForQuery…): what is held
+    /// goes out at the end of this receive buffer and the read can no longer be retried.
+    private var retryAnswered = false
+    /// Messages that come before an answer and are held while a read may be retried.
+    static let heldBeforeAnswer: Set<UInt8> = Set("123TtnSN".utf8)
+    /// Past this many held bytes, the window closes (the hold stays bounded).
+    static let retryHoldLimit = 65_536
     /// A statement that must not run on the attached replica is queued until the replica is released.
     private var holdForReroute = false
     /// Read-your-writes: when this session last wrote, and the primary position known to cover it.
@@ -478,6 +486,10 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         }
         self.phase = .loggingIn
         self.acquireServer()
+        if config.routes {
+            // Load the database's function volatility while the client logs in.
+            _ = self.shard.functionCatalog(database: self.database, user: self.userName, primary: self.shard.topology.primary)
+        }
     }
 
     private func sendLoginCompletion(parameters: [String: String]) {
@@ -888,6 +900,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     /// Writes to the client, or holds the bytes back while a read may still be retried.
     private func writeClient(_ buffer: ByteBuffer) {
         if self.retry != nil {
+            self.heldBytes += buffer.readableBytes
             self.held.append(buffer)
         } else {
             self.context?.write(NIOAny(buffer), promise: nil)
@@ -897,7 +910,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     func serverBufferDone(_ server: ServerConnection) {
         self.flushRun()
         // The server answered: what it sent goes to the client, and the read can no longer be retried.
-        if self.retry != nil { self.closeRetryWindow() }
+        if self.retry != nil && (self.retryAnswered || self.heldBytes > Self.retryHoldLimit) { self.closeRetryWindow() }
     }
 
     func serverFrame(_ frame: PostgresFrame, in buffer: ByteBuffer, at offset: Int, from server: ServerConnection) {
@@ -908,6 +921,10 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             self.logger.info(
                 "read failed before anything reached the client; retrying on another node",
                 metadata: ["node": "\(node)", "sqlstate": "\(fields.sqlState ?? "")", "error": "\(fields.message ?? "")"])
+            // A replica shutting down (fast shutdown sends 57P01 to every backend): avoid it at once.
+            if self.route?.onReplica == true && fields.severity == "FATAL" && fields.sqlState?.hasPrefix("57P") == true {
+                self.shard.markSuspect(node)
+            }
             return self.retryRead(failedNode: node)
         }
         self.events.removeAll(keepingCapacity: true)
@@ -933,6 +950,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             self.restoreStartupAtReady = false
         }
         if case .forward = output {
+            if self.retry != nil && !Self.heldBeforeAnswer.contains(frame.id) { self.retryAnswered = true }
             self.shard.bytesOut += frame.raw.readableBytes
             if frame.id == BackendMessageID.parameterStatus.rawValue,
                 let (name, value) = try? BackendMessage.parameterStatus(frame)
@@ -1110,10 +1128,17 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     // MARK: Getting a server connection
 
     private func acquireServer() {
-        guard !self.checkoutInProgress, self.server == nil, self.waitTimer == nil else { return }
+        guard !self.checkoutInProgress, self.server == nil, self.waitTimer == nil, !self.waitingForCatalog else { return }
         var chosenRoute: Choice?
         if case .ready = self.phase, self.config.routes {
             guard let frame = self.pending.first else { return }
+            if let profile = self.profile(of: frame), self.needsCatalog(profile) {
+                // The first read calling functions in this database: wait the few milliseconds the
+                // catalog takes rather than send a read to the primary (and count it as a write).
+                self.waitingForCatalog = true
+                self.shard.waitForCatalog(self.database, session: self)
+                return
+            }
             switch self.chooseRoute(for: frame) {
             case .wait(let why):
                 return self.waitForTopology(why)
@@ -1158,6 +1183,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 }
             case .failure(let error):
                 if case .ready = self.phase, let choice, Self.isConnectionFailure(error) {
+                    self.shard.markSuspect(choice.node)
                     if choice.readOnly && self.config.routing.retryReads {
                         // A read costs the client latency, not an error: try the next node.
                         self.excludedNodes.insert(choice.node)
@@ -1248,8 +1274,28 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
 
     private func isReadOnly(_ profile: RouteProfile) -> Bool {
         if profile.functions.isEmpty { return profile.readCandidate || profile.beginsReadOnlyTransaction }
-        let catalog = self.shard.functionCatalog(database: self.database, user: self.userName, primary: self.shard.topology.primary)
-        return profile.isReadOnly { catalog?.isSafe($0) ?? false }
+        guard profile.readCandidate || profile.beginsReadOnlyTransaction else { return false }
+        let state = self.shard.functionCatalog(database: self.database, user: self.userName, primary: self.shard.topology.primary)
+        guard case .loaded(let catalog) = state else { return false }
+        return profile.isReadOnly(isSafeFunction: catalog.isSafe)
+    }
+
+    /// Whether routing this profile needs the database's function catalog, which is loading now.
+    private func needsCatalog(_ profile: RouteProfile) -> Bool {
+        guard !profile.functions.isEmpty, profile.readCandidate || profile.beginsReadOnlyTransaction else { return false }
+        if case .loading = self.shard.functionCatalog(database: self.database, user: self.userName, primary: self.shard.topology.primary) {
+            return true
+        }
+        return false
+    }
+
+    private var waitingForCatalog = false
+
+    /// The function catalog this session waited for has loaded (or failed to): route now.
+    func catalogReady() {
+        guard self.waitingForCatalog, case .ready = self.phase else { return }
+        self.waitingForCatalog = false
+        self.acquireServer()
     }
 
     /// The position a replica must have replayed for this session's reads (read-your-writes); the maximum
@@ -1268,7 +1314,16 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             guard nanos > 0 else { return nil }
             since = NIODeadline.uptimeNanoseconds(UInt64(nanos))
         }
-        guard let probe = self.shard.topology.primaryProbe, probe.sentAt > since else { return LSN(UInt64.max) }
+        let topology = self.shard.topology
+        guard let probe = topology.primaryProbe, probe.sentAt > since else {
+            if topology.primary == nil {
+                // No primary (failover): the write cannot be placed any more; the most advanced replica
+                // is the best that can be done, rather than failing every read.
+                return topology.nodes.filter { $0.role == .replica && $0.state != .down }.compactMap(\.lsn).max()
+                    ?? LSN(UInt64.max)
+            }
+            return LSN(UInt64.max)
+        }
         if self.config.routing.readYourWrites == .session { self.writeLSN = probe.lsn }
         return probe.lsn
     }
@@ -1337,7 +1392,11 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         guard let route = self.route, !route.wrote, !route.onReplica else { return }
         switch id {
         case .query, .parse, .bind, .functionCall:
-            if id == .functionCall || !(self.profile(of: frame).map(self.isReadOnly) ?? false) { self.route?.wrote = true }
+            if id == .functionCall {
+                self.route?.wrote = true
+            } else if let profile = self.profile(of: frame), !profile.transactionControl, !self.isReadOnly(profile) {
+                self.route?.wrote = true
+            }
         default:
             break
         }
@@ -1440,6 +1499,8 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     /// Nothing of the read reached the client: release what is held, the read can no longer be retried.
     private func closeRetryWindow() {
         self.retry = nil
+        self.retryAnswered = false
+        self.heldBytes = 0
         guard let context = self.context else {
             self.held.removeAll()
             return
@@ -1454,6 +1515,8 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         guard let window = self.retry else { return }
         self.retry = nil
         self.held.removeAll()
+        self.heldBytes = 0
+        self.retryAnswered = false
         self.run = nil
         if let server = self.server {
             self.server = nil

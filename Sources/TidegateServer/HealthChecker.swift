@@ -21,7 +21,8 @@ struct TopologyView: Sendable {
     /// Names of the nodes that claim to be primary (more than one is a split-brain).
     var primaries: [String] = []
     /// The last successful probe of the (single) primary: when it was sent and the WAL position it
-    /// reported. A write acknowledged before `sentAt` is at or below `lsn`.
+    /// reported (pg_current_wal_lsn, the write position). A commit acknowledged before `sentAt` was
+    /// flushed (synchronous_commit on), so it is at or below `lsn`.
     var primaryProbe: (sentAt: NIODeadline, lsn: LSN)?
     /// Increases with every publication.
     var version = 0
@@ -89,7 +90,7 @@ final class HealthChecker: @unchecked Sendable {
     static let probeSQL = """
         SELECT pg_catalog.pg_is_in_recovery(), \
         CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() \
-        ELSE pg_catalog.pg_current_wal_insert_lsn() END, \
+        ELSE pg_catalog.pg_current_wal_lsn() END, \
         pg_catalog.pg_last_wal_receive_lsn(), \
         CASE WHEN pg_catalog.pg_last_wal_receive_lsn() IS DISTINCT FROM pg_catalog.pg_last_wal_replay_lsn() \
         THEN extract(epoch FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp()) ELSE 0 END

@@ -79,6 +79,20 @@ final class LoopShard: @unchecked Sendable {
         for session in waiters { session.topologyChanged() }
     }
 
+    /// A node this loop just failed to reach (connection refused, shutting down): treat it as down until
+    /// the health checker's next view says otherwise, so other sessions do not try it meanwhile.
+    func markSuspect(_ node: String) {
+        guard let index = self.topology.nodes.firstIndex(where: { $0.name == node }),
+            self.topology.nodes[index].state != .down
+        else { return }
+        self.topology.nodes[index].state = .down
+        if self.topology.primaries.contains(node) {
+            self.topology.primaries.removeAll { $0 == node }
+            self.topology.primaryProbe = nil
+        }
+        self.logger.info("node unreachable; avoided until the next health probe", metadata: ["node": "\(node)"])
+    }
+
     /// The nodes as the router sees them, with this loop's in-flight counts.
     var routingNodes: [NodeSnapshot] {
         var nodes = self.topology.nodes
@@ -125,13 +139,31 @@ final class LoopShard: @unchecked Sendable {
     private var catalogs: [String: FunctionCatalog] = [:]
     private var catalogsLoading: Set<String> = []
 
-    /// The catalog of `database`, or nil while it loads (then only function-free reads count as read-only).
-    func functionCatalog(database: String, user: String, primary: String?) -> FunctionCatalog? {
-        if let catalog = self.catalogs[database] { return catalog }
-        if let primary, !self.catalogsLoading.contains(database) {
-            self.loadCatalog(database: database, user: user, primary: primary)
-        }
-        return nil
+    private var catalogFailures: [String: NIODeadline] = [:]
+    /// Sessions whose first statement calls functions, waiting for their database's catalog.
+    private var catalogWaiters: [String: [ClientSession]] = [:]
+
+    enum CatalogState {
+        case loaded(FunctionCatalog)
+        /// Loading now: a session may wait for it (a few milliseconds).
+        case loading
+        /// Not available (no primary, or loading failed less than 10 s ago): reads calling functions go
+        /// to the primary.
+        case unavailable
+    }
+
+    /// The catalog of `database`; starts loading it when it is missing.
+    func functionCatalog(database: String, user: String, primary: String?) -> CatalogState {
+        if let catalog = self.catalogs[database] { return .loaded(catalog) }
+        if self.catalogsLoading.contains(database) { return .loading }
+        if let failed = self.catalogFailures[database], NIODeadline.now() - failed < .seconds(10) { return .unavailable }
+        guard let primary else { return .unavailable }
+        self.loadCatalog(database: database, user: user, primary: primary)
+        return .loading
+    }
+
+    func waitForCatalog(_ database: String, session: ClientSession) {
+        self.catalogWaiters[database, default: []].append(session)
     }
 
     static let catalogSQL = """
@@ -146,6 +178,9 @@ final class LoopShard: @unchecked Sendable {
             server.runInternalRows(Self.catalogSQL).always { _ in pool.release(server) }
         }.whenComplete { [self] result in
             self.catalogsLoading.remove(database)
+            defer {
+                for session in self.catalogWaiters.removeValue(forKey: database) ?? [] { session.catalogReady() }
+            }
             guard generation == self.catalogGeneration else { return }
             switch result {
             case .success(let rows):
@@ -156,6 +191,7 @@ final class LoopShard: @unchecked Sendable {
                 self.catalogs[database] = catalog
                 self.logger.debug("function catalog loaded", metadata: ["database": "\(database)", "functions": "\(rows.count)"])
             case .failure(let error):
+                self.catalogFailures[database] = .now()
                 self.logger.warning(
                     "could not load function volatility; reads calling functions go to the primary until it loads",
                     metadata: ["database": "\(database)", "error": "\(error)"])
@@ -170,6 +206,9 @@ final class LoopShard: @unchecked Sendable {
         self.catalogGeneration += 1
         self.catalogs.removeAll()
         self.catalogsLoading.removeAll()
+        self.catalogFailures.removeAll()
+        for session in self.catalogWaiters.values.flatMap({ $0 }) { session.catalogReady() }
+        self.catalogWaiters.removeAll()
     }
 
     /// Closes the idle connections to a drained node (busy ones finish their work first).

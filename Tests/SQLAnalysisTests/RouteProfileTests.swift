@@ -132,3 +132,13 @@ import Testing
         #expect(self.key("/* unterminated") == nil)
     }
 }
+
+@Suite struct RouteProfileTransactionControlTests {
+    @Test func transactionControlWritesNothingByItself() {
+        #expect(RouteProfile(sql: "BEGIN").transactionControl)
+        #expect(RouteProfile(sql: "COMMIT").transactionControl)
+        #expect(RouteProfile(sql: "SAVEPOINT a; RELEASE a").transactionControl)
+        #expect(!RouteProfile(sql: "BEGIN; INSERT INTO t VALUES (1)").transactionControl)
+        #expect(!RouteProfile(sql: "SELECT 1").transactionControl)
+    }
+}
