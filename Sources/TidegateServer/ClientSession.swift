@@ -495,7 +495,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     private func sendLoginCompletion(parameters: [String: String]) {
         guard let context = self.context else { return }
         var parameters = parameters
-        if self.config.routes && parameters["in_hot_standby"] != nil {
+        if self.shard.routes && parameters["in_hot_standby"] != nil {
             // Through Tidegate the database takes writes, whichever node answered the login; reads on
             // replicas do not change what the client was told.
             parameters["in_hot_standby"] = "off"
@@ -588,7 +588,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 if frame.id == FrontendMessageID.flush.rawValue && self.pending.isEmpty { return }
                 // The rest of an extended-protocol request that failed without a server (failover wait).
                 if self.discardUntilSync && self.pending.isEmpty { return }
-                if self.pending.isEmpty && !self.checkoutInProgress && self.waitTimer == nil && !self.config.routes,
+                if self.pending.isEmpty && !self.checkoutInProgress && self.waitTimer == nil && !self.shard.routes,
                     let pool = self.pool, let server = self.takeServerImmediately(pool)
                 {
                     self.attach(server, route: nil)
@@ -631,7 +631,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         }
         if self.discardUntilSync && id != .sync { return }
         if self.retry != nil { self.retry?.frames.append(frame) }
-        if self.route != nil && self.config.routes { self.noteStatement(frame, id: id) }
+        if self.route != nil && self.shard.routes { self.noteStatement(frame, id: id) }
         do {
             switch id {
             case .query:
@@ -1130,7 +1130,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     private func acquireServer() {
         guard !self.checkoutInProgress, self.server == nil, self.waitTimer == nil, !self.waitingForCatalog else { return }
         var chosenRoute: Choice?
-        if case .ready = self.phase, self.config.routes {
+        if case .ready = self.phase, self.shard.routes {
             guard let frame = self.pending.first else { return }
             if let profile = self.profile(of: frame), self.needsCatalog(profile) {
                 // The first read calling functions in this database: wait the few milliseconds the
@@ -1168,7 +1168,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                     self.startupTimer?.cancel()
                     self.phase = .ready
                     pool.rememberLoginParameters(server.parameters.values, for: self.settings.statements)
-                    if self.config.routes {
+                    if self.shard.routes {
                         // The login only needed the server's parameters: the first statement is routed.
                         self.sendLoginCompletion(parameters: server.parameters.values)
                         pool.release(server)
@@ -1591,7 +1591,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 server.parameters.fingerprint != self.reportedParameters.fingerprint
             {
                 for (name, value) in server.parameters.values
-                where self.reportedParameters[name] != value && !(name == "in_hot_standby" && self.config.routes) {
+                where self.reportedParameters[name] != value && !(name == "in_hot_standby" && self.shard.routes) {
                     var buffer = context.channel.allocator.buffer(capacity: 32)
                     BackendEncoder.parameterStatus(&buffer, name: name, value: value)
                     self.reportedParameters[name] = value

@@ -154,7 +154,7 @@ public struct TidegateConfig: Sendable, Equatable {
     }
 
     /// Whether statements are routed between several nodes (otherwise every statement goes to the only one).
-    public var routes: Bool { self.nodes.count > 1 }
+    public var routes: Bool { self.regions.count > 1 || (self.regions.first?.nodes.count ?? 0) > 1 }
 
     public func node(named name: String) -> NamedNode? { self.nodes.first { $0.name == name } }
 

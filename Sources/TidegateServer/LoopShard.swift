@@ -17,7 +17,11 @@ final class LoopShard: @unchecked Sendable {
     var sessions: [Int: ClientSession] = [:]
     var paused = false
     /// This loop's copy of the configuration, replaced on reload.
-    var config: TidegateConfig
+    var config: TidegateConfig {
+        didSet { self.routes = self.config.routes }
+    }
+    /// Whether the configuration has several nodes (read on the hot path, so kept apart).
+    private(set) var routes = false
     private var maintenance: RepeatedTask?
 
     // Statistics (SHOW STATS).
@@ -53,6 +57,7 @@ final class LoopShard: @unchecked Sendable {
         self.runtime = runtime
         self.logger = logger
         self.config = runtime.config
+        self.routes = self.config.routes
     }
 
     func start() {
