@@ -156,6 +156,8 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     static let retryHoldLimit = 65_536
     /// A statement that must not run on the attached replica is queued until the replica is released.
     private var holdForReroute = false
+    /// The next queued message is the one the attached route was chosen for.
+    private var routedFramePending = false
     /// Read-your-writes: when this session last wrote, and the primary position known to cover it.
     private var lastWriteAt: NIODeadline?
     private var writeLSN: LSN?
@@ -1408,7 +1410,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         self.route = nil
         self.excludedNodes.removeAll()
         self.waitDeadline = nil
-        self.shard.inFlight[route.node, default: 1] -= 1
+        self.shard.adjustInFlight(route.node, by: -1)
         if route.wrote && self.config.routing.readYourWrites != .none {
             let now = NIODeadline.now()
             self.lastWriteAt = now
@@ -1574,7 +1576,8 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             self.route = AttachedRoute(
                 node: choice.node, readOnly: choice.readOnly, onReplica: choice.onReplica,
                 readOnlyTransaction: choice.readOnlyTransaction)
-            self.shard.inFlight[choice.node, default: 0] += 1
+            self.shard.adjustInFlight(choice.node, by: 1)
+            self.routedFramePending = true
             self.shard.countRouted(node: choice.node, reason: choice.reason)
             if choice.readOnly && self.config.routing.retryReads && self.transactionStatus == .idle && self.mode == .transaction
                 && self.pinReason == nil
@@ -1603,7 +1606,10 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
 
     private func drainPending() {
         while self.server != nil, case .ready = self.phase, let frame = self.pending.first {
-            if self.mustReroute(frame) {
+            // The message the route was chosen for needs no second look.
+            let routed = self.routedFramePending
+            self.routedFramePending = false
+            if !routed && self.mustReroute(frame) {
                 self.holdForReroute = true
                 break
             }

@@ -79,6 +79,9 @@ final class LoopShard: @unchecked Sendable {
 
     func topologyChanged(_ view: TopologyView) {
         self.topology = view
+        for index in self.topology.nodes.indices {
+            self.topology.nodes[index].inFlight = self.inFlight[self.topology.nodes[index].name, default: 0]
+        }
         guard !self.topologyWaiters.isEmpty else { return }
         let waiters = self.topologyWaiters.values.sorted { $0.id < $1.id }
         for session in waiters { session.topologyChanged() }
@@ -99,10 +102,14 @@ final class LoopShard: @unchecked Sendable {
     }
 
     /// The nodes as the router sees them, with this loop's in-flight counts.
-    var routingNodes: [NodeSnapshot] {
-        var nodes = self.topology.nodes
-        for index in nodes.indices { nodes[index].inFlight = self.inFlight[nodes[index].name, default: 0] }
-        return nodes
+    var routingNodes: [NodeSnapshot] { self.topology.nodes }
+
+    /// A server connection of `node` was lent to a client (+1) or given back (-1).
+    func adjustInFlight(_ node: String, by delta: Int) {
+        self.inFlight[node, default: 0] += delta
+        if let index = self.topology.nodes.firstIndex(where: { $0.name == node }) {
+            self.topology.nodes[index].inFlight += delta
+        }
     }
 
     private var routedCounters: [String: CoreMetrics.Counter] = [:]
@@ -128,15 +135,19 @@ final class LoopShard: @unchecked Sendable {
     func routeProfile(_ query: ByteBuffer) -> RouteProfile {
         if let profile = self.profileMemo[query] { return profile }
         let masked = query.withUnsafeReadableBytes { RouteProfile.memoKey($0) }
-        if let masked, let profile = self.maskedProfileMemo[masked] { return profile }
-        let profile = RouteProfile(sql: String(buffer: query))
-        if let masked {
-            if self.maskedProfileMemo.count >= Self.profileMemoLimit { self.maskedProfileMemo.removeAll(keepingCapacity: true) }
-            self.maskedProfileMemo[masked] = profile
+        let profile: RouteProfile
+        if let masked, let known = self.maskedProfileMemo[masked] {
+            profile = known
         } else {
-            if self.profileMemo.count >= Self.profileMemoLimit { self.profileMemo.removeAll(keepingCapacity: true) }
-            self.profileMemo[ByteBuffer(bytes: query.readableBytesView)] = profile
+            profile = RouteProfile(sql: String(buffer: query))
+            if let masked {
+                if self.maskedProfileMemo.count >= Self.profileMemoLimit { self.maskedProfileMemo.removeAll(keepingCapacity: true) }
+                self.maskedProfileMemo[masked] = profile
+            }
         }
+        // The exact text too: a repeated text (a prepared statement) is then one hash lookup.
+        if self.profileMemo.count >= Self.profileMemoLimit { self.profileMemo.removeAll(keepingCapacity: true) }
+        self.profileMemo[ByteBuffer(bytes: query.readableBytesView)] = profile
         return profile
     }
 

@@ -85,33 +85,46 @@ public enum Router {
     public static func decide(
         _ request: RoutingRequest, nodes: [NodeSnapshot], fallbackRegions: [String]
     ) -> RoutingDecision {
-        let primaries = nodes.filter { $0.role == .primary && $0.state != .down }
-        if primaries.count > 1 { return RoutingDecision(node: nil, reason: .splitBrain) }
-        let primary = primaries.first(where: { $0.state != .draining && !request.excluded.contains($0.name) })
+        // One pass over the nodes (there are few): no intermediate arrays on this per-transaction path.
+        var primaries = 0
+        var primary: NodeSnapshot?
+        for node in nodes where node.role == .primary && node.state != .down {
+            primaries += 1
+            if primary == nil && node.state != .draining && !request.excluded.contains(node.name) { primary = node }
+        }
+        if primaries > 1 { return RoutingDecision(node: nil, reason: .splitBrain) }
         guard request.readOnly, request.hint != .primary else {
             let reason: RoutingDecision.Reason = request.hint == .primary && request.readOnly ? .hintPrimary : .write
             return RoutingDecision(node: primary?.name, reason: primary == nil ? .noPrimary : reason)
         }
-        let usable = nodes.filter { node in
+        func usable(_ node: NodeSnapshot) -> Bool {
             // A lagging replica is usable by a request that accepts its lag (a max_lag hint).
             node.role == .replica && (node.state == .up || node.state == .lagging) && !request.excluded.contains(node.name)
                 && (node.lagSeconds ?? .infinity) <= request.maxLagSeconds
                 && (request.maxLagBytes.map { limit in node.lagBytes.map { $0 <= limit } ?? false } ?? true)
                 && (request.minimumLSN.map { minimum in node.lsn.map { $0 >= minimum } ?? false } ?? true)
         }
-        var regions: [String] = []
-        for region in [request.hintRegion, request.region].compactMap({ $0 }) + fallbackRegions
-        where !regions.contains(region) {
-            regions.append(region)
-        }
-        for (index, region) in regions.enumerated() {
-            let candidates = usable.filter { $0.region == region }
-            if let best = candidates.min(by: { ($0.inFlight, $0.name) < ($1.inFlight, $1.name) }) {
-                let reason: RoutingDecision.Reason = index == 0 ? .regionalReplica : .fallbackReplica
-                return RoutingDecision(node: best.name, reason: reason)
+        func leastBusy(in region: String?) -> NodeSnapshot? {
+            var best: NodeSnapshot?
+            for node in nodes where (region == nil || node.region == region) && usable(node) {
+                if let current = best, (current.inFlight, current.name) <= (node.inFlight, node.name) { continue }
+                best = node
             }
+            return best
         }
-        if request.hint == .replica, let any = usable.min(by: { ($0.inFlight, $0.name) < ($1.inFlight, $1.name) }) {
+        // The hinted region, the client's region, then the fallback regions, each once.
+        var tried = 0
+        func attempt(_ region: String) -> RoutingDecision? {
+            defer { tried += 1 }
+            guard let best = leastBusy(in: region) else { return nil }
+            return RoutingDecision(node: best.name, reason: tried == 0 ? .regionalReplica : .fallbackReplica)
+        }
+        if let hinted = request.hintRegion, let decision = attempt(hinted) { return decision }
+        if request.hintRegion != request.region, let decision = attempt(request.region) { return decision }
+        for region in fallbackRegions where region != request.region && region != request.hintRegion {
+            if let decision = attempt(region) { return decision }
+        }
+        if request.hint == .replica, let any = leastBusy(in: nil) {
             return RoutingDecision(node: any.name, reason: .fallbackReplica)
         }
         return RoutingDecision(node: primary?.name, reason: primary == nil ? .noPrimary : .noReplicaPrimary)
