@@ -158,6 +158,10 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     private var holdForReroute = false
     /// The next queued message is the one the attached route was chosen for.
     private var routedFramePending = false
+    /// The messages sent on the attached server so far end with a Sync or a simple Query.
+    private var atSyncBoundary = true
+    /// The next route goes to the primary whatever the statement (a batch moved off a replica).
+    private var forcePrimary = false
     /// Read-your-writes: when this session last wrote, and the primary position known to cover it.
     private var lastWriteAt: NIODeadline?
     private var writeLSN: LSN?
@@ -605,12 +609,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 self.enqueue(frame)
                 return
             }
-            if self.mustReroute(frame) {
-                self.holdForReroute = true
-                self.enqueue(frame)
-                self.releaseServerIfDone()
-                return
-            }
+            if self.rerouteIfNeeded(frame, queued: false) { return }
             self.process(frame)
         case .startup, .closing:
             break
@@ -633,7 +632,10 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         }
         if self.discardUntilSync && id != .sync { return }
         if self.retry != nil { self.retry?.frames.append(frame) }
-        if self.route != nil && self.shard.routes { self.noteStatement(frame, id: id) }
+        if self.route != nil && self.shard.routes {
+            self.noteStatement(frame, id: id)
+            self.atSyncBoundary = id == .sync || id == .query
+        }
         do {
             switch id {
             case .query:
@@ -1333,7 +1335,10 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     private func chooseRoute(for frame: PostgresFrame) -> RouteChoice {
         let config = self.config
         let profile = self.profile(of: frame) ?? .primaryOnly
-        let readOnly = self.isReadOnly(profile)
+        // A batch that turned out to write, moved off a replica: the primary, as a write.
+        let forced = self.forcePrimary
+        self.forcePrimary = false
+        let readOnly = !forced && self.isReadOnly(profile)
         var hint: RoutingRequest.Hint = .none
         switch profile.hint?.route ?? self.routePreference {
         case .primary: hint = .primary
@@ -1387,6 +1392,26 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             return false
         }
         return !self.isReadOnly(profile)
+    }
+
+    /// A statement that may not run on the attached replica: true when it was taken care of, false to
+    /// send it on. At a Sync (or simple Query) boundary it waits until the replica is released and is
+    /// routed on its own. Inside an extended-protocol batch not yet ended by Sync it belongs to the same
+    /// implicit transaction as what went before: while nothing has reached the client, the whole batch
+    /// moves to the primary; after that it goes to the replica, which refuses it as any standby would.
+    private func rerouteIfNeeded(_ frame: PostgresFrame, queued: Bool) -> Bool {
+        guard self.mustReroute(frame) else { return false }
+        if self.atSyncBoundary {
+            self.holdForReroute = true
+            if !queued { self.enqueue(frame) }
+            self.releaseServerIfDone()
+            return true
+        }
+        guard self.retry != nil else { return false }
+        if !queued { self.enqueue(frame) }
+        self.forcePrimary = true
+        self.retryRead(failedNode: nil)
+        return true
     }
 
     /// Notes a statement sent on the attached route: one that is not read-only makes the transaction a write.
@@ -1513,7 +1538,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
 
     /// The read's node failed before anything reached the client: drop that server connection, put the
     /// session back as it was before the read was sent, and send the read again elsewhere.
-    private func retryRead(failedNode: String) {
+    private func retryRead(failedNode: String?) {
         guard let window = self.retry else { return }
         self.retry = nil
         self.held.removeAll()
@@ -1536,12 +1561,14 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         self.discardUntilSync = window.discardUntilSync
         self.tracker.reset()
         self.events.removeAll(keepingCapacity: true)
-        self.excludedNodes.insert(failedNode)
+        if let failedNode {
+            self.excludedNodes.insert(failedNode)
+            self.runtime.metrics.readRetries.increment()
+        }
         for frame in window.frames.reversed() {
             self.pending.prepend(frame)
             self.pendingBytes += frame.raw.readableBytes
         }
-        self.runtime.metrics.readRetries.increment()
         self.acquireServer()
     }
 
@@ -1571,13 +1598,13 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         server.attach(self)
         server.ownerDescription = "\(self.processID)"
         self.server = server
-        self.pool = self.shard.existingPool(server.key) ?? self.pool
         if let choice {
             self.route = AttachedRoute(
                 node: choice.node, readOnly: choice.readOnly, onReplica: choice.onReplica,
                 readOnlyTransaction: choice.readOnlyTransaction)
             self.shard.adjustInFlight(choice.node, by: 1)
             self.routedFramePending = true
+            self.atSyncBoundary = true
             self.shard.countRouted(node: choice.node, reason: choice.reason)
             if choice.readOnly && self.config.routing.retryReads && self.transactionStatus == .idle && self.mode == .transaction
                 && self.pinReason == nil
@@ -1609,10 +1636,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             // The message the route was chosen for needs no second look.
             let routed = self.routedFramePending
             self.routedFramePending = false
-            if !routed && self.mustReroute(frame) {
-                self.holdForReroute = true
-                break
-            }
+            if !routed && self.rerouteIfNeeded(frame, queued: true) { break }
             self.pending.removeFirst()
             self.pendingBytes -= frame.raw.readableBytes
             self.process(frame)

@@ -625,3 +625,97 @@ def test_show_nodes_and_regions(routed):
     assert eu["nodes"] == "1" or "eu-west-1" in eu["nodes"], regions
     assert us["primary"] == "primary" and eu["primary"] in ("", "-", "none"), regions
     assert int(us["replicas_up"]) == 1 and int(eu["replicas_up"]) == 1, regions
+
+
+# --------------------------------------------------------------------------------------------
+# 8. The function catalog follows RELOAD; pipelining; what the client is told; session pooling
+
+
+def test_function_created_later_is_known_after_reload(routed):
+    """A function created after the database's catalog was loaded is unknown, so a read calling it
+    goes to the primary; RELOAD reads pg_proc again and a STABLE function then stays on a replica."""
+    fn = h.unique_name("tg_it_late")
+    with psycopg.connect(h.direct_dsn(), autocommit=True) as c:
+        c.execute(f"create function {fn}(x int) returns int language sql stable as 'select x'")
+    try:
+        wait_replicas_caught_up()
+        sql = f"select {fn}(1), inet_server_port()"
+        before = served(routed, sql, n=3, fresh=True)
+        assert set(before) == {PRIMARY}, f"unknown function before RELOAD: {dist(before)}"
+        status, _, _ = h.admin_query(routed, "RELOAD")
+        assert status == "RELOAD", status
+        # The catalog loads again on the next use; the first read waits for it.
+        after = served(routed, sql, n=5, fresh=True)
+        assert set(after) == {US_EAST}, f"STABLE function after RELOAD: {dist(after)}"
+    finally:
+        with psycopg.connect(h.direct_dsn(), autocommit=True) as c:
+            c.execute(f"drop function if exists {fn}(int)")
+
+
+def test_write_pipelined_after_replica_read(routed):
+    """A read and a write sent together (pipeline). With a Sync between them they are two
+    transactions: the read runs on the replica, the write waits for it and runs on the primary. With
+    no Sync between them they are one implicit transaction, so both run on the primary. Answers come
+    back in order either way."""
+    with psycopg.connect(routed.dsn(), autocommit=True) as conn:
+        with conn.pipeline() as p:
+            read = conn.execute("select 1, inet_server_port()")
+            p.sync()
+            write = conn.execute(f"insert into {TABLE} (v, note) values (%s, 'pipelined') "
+                                 f"returning v, inet_server_port()", (4242,))
+            p.sync()
+            # After its own write, the session reads from the primary (read-your-writes).
+            read_again = conn.execute("select 2, inet_server_port()")
+        assert read.fetchone() == (1, US_EAST)
+        assert write.fetchone() == (4242, PRIMARY)
+        assert read_again.fetchone() == (2, PRIMARY)
+    with psycopg.connect(routed.dsn(), autocommit=True) as conn:
+        with conn.pipeline():
+            read = conn.execute("select 3, inet_server_port()")
+            write = conn.execute(f"insert into {TABLE} (v, note) values (%s, 'one batch') "
+                                 f"returning v, inet_server_port()", (4343,))
+        assert read.fetchone() == (3, PRIMARY)
+        assert write.fetchone() == (4343, PRIMARY)
+
+
+def test_client_is_not_told_it_is_on_a_standby(routed):
+    """in_hot_standby stays what the login reported (off) although reads run on replicas."""
+    with psycopg.connect(routed.dsn(), autocommit=True) as conn:
+        assert conn.info.parameter_status("in_hot_standby") == "off"
+        assert port_of(conn) == US_EAST
+        assert conn.execute("select 1").fetchone() == (1,)
+        assert conn.info.parameter_status("in_hot_standby") == "off"
+
+
+def test_unknown_region_or_route_option_is_refused(routed):
+    for options, needle in (("-c tidegate.region=mars", "mars"), ("-c tidegate.route=sideways", "sideways"),
+                            ("-c tidegate.colour=blue", "tidegate.colour")):
+        with pytest.raises(psycopg.OperationalError) as ei:
+            psycopg.connect(routed.dsn(options=options), autocommit=True)
+        assert needle in str(ei.value), (options, str(ei.value))
+    # The region option of a configured region works (tested above); so does route=primary.
+    with psycopg.connect(routed.dsn(options="-c tidegate.route=primary"), autocommit=True) as conn:
+        assert {port_of(conn) for _ in range(3)} == {PRIMARY}
+
+
+def test_session_pooling_pins_to_the_first_statements_node(routing_lab, tidegate_instance):
+    """Session pooling keeps a client on the node of its first statement: a read there means the
+    session is on a replica (writes then fail as on any standby); `-c tidegate.route=primary` puts
+    the session on the primary."""
+    s = tidegate_instance({**h.regions_overrides(), "pool.mode": "session"}, "session-pinned")
+    h.wait_nodes(s, ALL_UP, timeout=15)
+    with psycopg.connect(s.dsn(), autocommit=True) as warm:
+        warm.execute("select 1")
+    with psycopg.connect(s.dsn(), autocommit=True) as conn:
+        first = port_of(conn)
+        assert first == US_EAST, f"a session's first read: {first}"
+        assert {port_of(conn) for _ in range(5)} == {US_EAST}
+        with pytest.raises(psycopg.Error) as ei:
+            conn.execute(f"insert into {TABLE} (v, note) values (1, 'session on a replica')")
+        assert ei.value.sqlstate == "25006", ei.value  # read-only: the session is on the replica
+    with psycopg.connect(s.dsn(options="-c tidegate.route=primary"), autocommit=True) as conn:
+        assert port_of(conn) == PRIMARY
+        v = conn.execute(f"insert into {TABLE} (v, note) values (7, 'session on the primary') "
+                         f"returning v").fetchone()
+        assert v == (7,)
+        assert {port_of(conn) for _ in range(3)} == {PRIMARY}
