@@ -14,7 +14,7 @@ struct Tidegate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tidegate",
         abstract: "A PostgreSQL wire-protocol proxy for market data.",
-        subcommands: [Serve.self, CheckConfig.self],
+        subcommands: [Serve.self, CheckConfig.self, Migrate.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -120,4 +120,51 @@ func raiseOpenFileLimit() {
     guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
     limit.rlim_cur = limit.rlim_max
     _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+}
+
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Apply the schema migrations to the primary (each in its own transaction; twice is a no-op).")
+
+    @OptionGroup var options: ConfigOptions
+
+    @Option(help: "The database to migrate.")
+    var database = "market"
+
+    @Option(help: "The user to log in as (default: health.user, or the first user with a plain password).")
+    var user: String?
+
+    @Option(help: "The directory of numbered migration files.")
+    var dir = "migrations"
+
+    @Flag(help: "Show what would be applied, change nothing.")
+    var dryRun = false
+
+    @Option(help: "Apply migrations up to and including this version only.")
+    var target: Int?
+
+    func run() async throws {
+        let config: TidegateConfig
+        do {
+            config = try await TidegateConfig.load(path: self.options.config, overrides: try self.options.overrides)
+        } catch let error as ConfigError {
+            FileHandleOutput.standardError(error.description)
+            throw ExitCode(2)
+        }
+        do {
+            let report = try await MigrationRunner.run(
+                config: config, directory: self.dir, database: self.database, user: self.user, dryRun: self.dryRun,
+                target: self.target, log: { print("migrate: \($0)") })
+            let verb = report.dryRun ? "would apply" : "applied"
+            print(
+                "migrate: \(self.database) on \(report.node) (\(report.flavour.rawValue) flavour): "
+                    + "\(report.alreadyApplied) already applied, \(verb) \(report.applied.count)")
+            for migration in report.applied where report.dryRun {
+                print("  \(migration.version) \(migration.name) (\(migration.file))")
+            }
+        } catch let error as MigrationError {
+            FileHandleOutput.standardError("migrate: \(error.description)")
+            throw ExitCode(1)
+        }
+    }
 }
