@@ -31,6 +31,16 @@ struct ConfigOptions: ParsableArguments {
     @Option(name: .customLong("set"), help: "Override any key: --set pool.mode=session (repeatable).")
     var settings: [String] = []
 
+    /// The configuration, or exit status 2 with every problem on standard error.
+    func load() async throws -> TidegateConfig {
+        do {
+            return try await TidegateConfig.load(path: self.config, overrides: try self.overrides)
+        } catch let error as ConfigError {
+            FileHandleOutput.standardError(error.description)
+            throw ExitCode(2)
+        }
+    }
+
     var overrides: [String: String] {
         get throws {
             var overrides: [String: String] = [:]
@@ -53,13 +63,7 @@ struct Serve: AsyncParsableCommand {
     @OptionGroup var options: ConfigOptions
 
     func run() async throws {
-        let config: TidegateConfig
-        do {
-            config = try await TidegateConfig.load(path: self.options.config, overrides: try self.options.overrides)
-        } catch let error as ConfigError {
-            FileHandleOutput.standardError(error.description)
-            throw ExitCode(2)
-        }
+        let config = try await self.options.load()
         raiseOpenFileLimit()
         let level = Logger.Level(rawValue: config.logLevel) ?? .info
         LoggingSystem.bootstrap { label in
@@ -144,13 +148,7 @@ struct Migrate: AsyncParsableCommand {
     var target: Int?
 
     func run() async throws {
-        let config: TidegateConfig
-        do {
-            config = try await TidegateConfig.load(path: self.options.config, overrides: try self.options.overrides)
-        } catch let error as ConfigError {
-            FileHandleOutput.standardError(error.description)
-            throw ExitCode(2)
-        }
+        let config = try await self.options.load()
         do {
             let report = try await MigrationRunner.run(
                 config: config, directory: self.dir, database: self.database, user: self.user, dryRun: self.dryRun,
