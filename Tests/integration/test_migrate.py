@@ -172,3 +172,91 @@ def test_target_applies_up_to_a_version(config_file, scratch_db, tmp_path):
     assert [v for v, _, _ in applied(scratch_db)][-1] == 9003
     r = migrate(config_file, scratch_db, "--target", str(first_version), directory=directory)
     assert r.returncode == 1 and "only go forward" in r.stderr, (r.stdout, r.stderr)
+
+
+# --------------------------------------------------------------------------------------------
+# The TimescaleDB compatibility functions of the plain-PostgreSQL flavour (migration 2)
+
+# (width, ts, origin or None, what TimescaleDB 2.x returns): default origin Monday 2000-01-03 UTC,
+# 2000-01-01 for month widths; timestamptz buckets in UTC.
+TIME_BUCKET_CASES = [
+    ("5 minutes", "2020-01-01 10:07:30+00", None, "2020-01-01 10:05:00+00"),
+    ("1 minute", "2020-01-01 10:07:30.5+00", None, "2020-01-01 10:07:00+00"),
+    ("15 minutes", "2020-01-01 23:59:59+00", None, "2020-01-01 23:45:00+00"),
+    ("1 hour", "2020-01-01 10:10+00", "2020-01-01 00:30+00", "2020-01-01 09:30:00+00"),
+    ("1 day", "2020-01-01 10:00+05", None, "2020-01-01 00:00:00+00"),
+    ("1 day", "1999-12-31 10:00+00", None, "1999-12-31 00:00:00+00"),
+    ("1 week", "2020-01-01 10:00+00", None, "2019-12-30 00:00:00+00"),
+    ("1 week", "1999-12-29 10:00+00", None, "1999-12-27 00:00:00+00"),
+    ("1 month", "2020-02-15 10:00+00", None, "2020-02-01 00:00:00+00"),
+    ("3 months", "2020-05-15 00:00+00", None, "2020-04-01 00:00:00+00"),
+    ("1 month", "1999-12-31 10:00+00", None, "1999-12-01 00:00:00+00"),
+    ("1 year", "2021-07-04 12:00+00", None, "2021-01-01 00:00:00+00"),
+]
+
+
+@pytest.fixture
+def migrated_db(config_file, scratch_db):
+    r = migrate(config_file, scratch_db)
+    assert r.returncode == 0, r.stderr
+    with db_conn(scratch_db) as c:
+        c.execute("set timezone = 'UTC'")
+        yield c
+
+
+def test_time_bucket_matches_timescaledb(migrated_db):
+    c = migrated_db
+    for width, ts, origin, want in TIME_BUCKET_CASES:
+        if origin is None:
+            got = c.execute("select time_bucket(%s::interval, %s::timestamptz)::text", (width, ts)).fetchone()[0]
+        else:
+            got = c.execute("select time_bucket(%s::interval, %s::timestamptz, %s::timestamptz)::text",
+                            (width, ts, origin)).fetchone()[0]
+        assert got == want, f"time_bucket({width}, {ts}{', ' + origin if origin else ''}) = {got}, want {want}"
+    # timestamp without time zone buckets the same way.
+    assert c.execute("select time_bucket('1 week', '1999-12-29 10:00'::timestamp)::text").fetchone() == \
+        ("1999-12-27 00:00:00",)
+    with pytest.raises(psycopg.Error) as ei:
+        c.execute("select time_bucket('1 month 1 day', now())")
+    assert ei.value.sqlstate == "22023" and "month intervals" in str(ei.value)
+    # Immutable, so the router keeps reads that bucket on replicas, and expression indexes work.
+    assert c.execute("select bool_and(provolatile = 'i') from pg_proc where proname = 'time_bucket'").fetchone() == (True,)
+
+
+def test_time_bucket_properties_on_random_values(migrated_db):
+    """For 20,000 random (width, ts) pairs: the bucket starts at or before ts, ends after it, and lies
+    a whole number of widths from the default origin."""
+    bad = migrated_db.execute("""
+        with samples as (
+            select (array['1 minute', '5 minutes', '15 minutes', '1 hour', '4 hours', '1 day', '7 days'])
+                       [1 + (i % 7)]::interval as width,
+                   timestamptz '1995-01-01 00:00+00' + random() * interval '40 years' as ts
+            from generate_series(1, 20000) i)
+        select width, ts, time_bucket(width, ts) from samples
+        where not (time_bucket(width, ts) <= ts and ts < time_bucket(width, ts) + width
+                   and mod(extract(epoch from time_bucket(width, ts) - timestamptz '2000-01-03 00:00+00')::numeric,
+                           extract(epoch from width)::numeric) = 0)
+        limit 5""").fetchall()
+    assert not bad, f"time_bucket breaks its own contract: {bad}"
+
+
+def test_first_and_last_match_ordered_aggregates(migrated_db):
+    c = migrated_db
+    c.execute("""
+        create temp table samples as
+        select (array['AAPL', 'MSFT', 'TSLA'])[1 + (i % 3)] as symbol,
+               timestamptz '2024-01-02 14:30+00' + (random() * 23400) * interval '1 second' as ts,
+               round((100 + random() * 50)::numeric, 2) as price, (1 + random() * 1000)::bigint as size
+        from generate_series(1, 30000) i""")
+    rows = c.execute("""
+        select symbol,
+               first(price, ts) = (array_agg(price order by ts))[1],
+               last(price, ts) = (array_agg(price order by ts desc))[1],
+               first(size, ts) = (array_agg(size order by ts))[1],
+               last(price::float8, ts) = (array_agg(price::float8 order by ts desc))[1]
+        from samples group by symbol order by symbol""").fetchall()
+    assert rows and all(all(r[1:]) for r in rows), rows
+    # NULL times are ignored; no rows give NULL.
+    assert c.execute("""select first(v, t), last(v, t) from (values (1::bigint, '2020-01-02'::timestamptz),
+                        (2, null), (3, '2020-01-03')) x(v, t)""").fetchone() == (1, 3)
+    assert c.execute("select first(1::numeric, now()) where false").fetchone() == (None,)
