@@ -240,9 +240,16 @@ public enum MigrationRunner {
         log: @Sendable (String) -> Void, rows: (ServerConnection, String) async throws -> [[String?]]
     ) async throws -> MigrationReport {
 
+        // TimescaleDB is usable when the server offers the extension and either the database has it
+        // already or the server preloads its library (offered but not preloaded, CREATE EXTENSION fails).
+        // The preloaded library's settings are visible to every user; shared_preload_libraries is not.
         let timescale = try await rows(
-            server, "SELECT count(*) FROM pg_catalog.pg_available_extensions WHERE name = 'timescaledb'")
-        let flavour: SchemaFlavour = timescale.first?.first == "0" ? .postgres : .timescaledb
+            server, """
+                SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'timescaledb')
+                   AND (EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'timescaledb')
+                        OR current_setting('timescaledb.max_background_workers', true) IS NOT NULL)
+                """)
+        let flavour: SchemaFlavour = timescale.first?.first == "t" ? .timescaledb : .postgres
         let available = try MigrationPlanner.load(directory: directory, flavour: flavour)
         for migration in available {
             let analysis = try? QueryAnalyzer.analyze(migration.sql)
