@@ -295,6 +295,8 @@ final class ServerPool: @unchecked Sendable {
     }
 
     private var starved = false
+    private var lastLoginWarning: NIODeadline?
+    private var suppressedLoginWarnings = 0
 
     /// Keeps at least this loop's share of min_size open; closes connections idle too long.
     func maintain() {
@@ -345,7 +347,18 @@ final class ServerPool: @unchecked Sendable {
                 self.serveWaiters()
             case .failure(let error):
                 self.runtime.releaseConnection(self.key)
-                self.logger.warning("server login failed", metadata: ["error": "\(error)"])
+                // While a node is down every waiting client's attempt fails alike: one warning a second.
+                let now = NIODeadline.now()
+                if let last = self.lastLoginWarning, now - last < .seconds(1) {
+                    self.suppressedLoginWarnings += 1
+                    self.logger.debug("server login failed", metadata: ["error": "\(error)"])
+                } else {
+                    var metadata: Logger.Metadata = ["error": "\(error)"]
+                    if self.suppressedLoginWarnings > 0 { metadata["tidegate.suppressed"] = "\(self.suppressedLoginWarnings)" }
+                    self.logger.warning("server login failed", metadata: metadata)
+                    self.lastLoginWarning = now
+                    self.suppressedLoginWarnings = 0
+                }
                 self.runtime.metrics.serverConnectFailures.increment()
                 // A login failure fails every client that is waiting: the next attempt would fail alike.
                 while !self.waiters.isEmpty {
