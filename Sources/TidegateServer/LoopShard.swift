@@ -153,7 +153,11 @@ final class LoopShard: @unchecked Sendable {
 
     /// Function volatility per database, loaded from the primary's pg_proc on first use and after RELOAD.
     private var catalogs: [String: FunctionCatalog] = [:]
-    private var catalogsLoading: Set<String> = []
+    /// Databases whose catalog is loading, with when the load started.
+    private var catalogsLoading: [String: NIODeadline] = [:]
+    /// Sessions wait this long for a catalog; past it, reads calling functions go to the primary until it
+    /// has loaded (a slow or stuck primary must not stall them).
+    static let catalogWait = TimeAmount.seconds(2)
 
     private var catalogFailures: [String: NIODeadline] = [:]
     /// Sessions whose first statement calls functions, waiting for their database's catalog.
@@ -171,7 +175,9 @@ final class LoopShard: @unchecked Sendable {
     /// The catalog of `database`; starts loading it when it is missing.
     func functionCatalog(database: String, user: String, primary: String?) -> CatalogState {
         if let catalog = self.catalogs[database] { return .loaded(catalog) }
-        if self.catalogsLoading.contains(database) { return .loading }
+        if let started = self.catalogsLoading[database] {
+            return NIODeadline.now() - started < Self.catalogWait ? .loading : .unavailable
+        }
         if let failed = self.catalogFailures[database], NIODeadline.now() - failed < .seconds(10) { return .unavailable }
         guard let primary else { return .unavailable }
         self.loadCatalog(database: database, user: user, primary: primary)
@@ -187,13 +193,18 @@ final class LoopShard: @unchecked Sendable {
         """
 
     private func loadCatalog(database: String, user: String, primary: String) {
-        self.catalogsLoading.insert(database)
+        self.catalogsLoading[database] = .now()
+        self.loop.scheduleTask(in: Self.catalogWait) { [weak self] in
+            // Still loading: the waiting sessions go on without it.
+            guard let self, self.catalogsLoading[database] != nil else { return }
+            for session in self.catalogWaiters.removeValue(forKey: database) ?? [] { session.catalogReady() }
+        }
         let pool = self.pool(for: PoolKey(database: database, user: user, node: primary))
         let generation = self.catalogGeneration
         pool.checkout().flatMap { server in
             server.runInternalRows(Self.catalogSQL).always { _ in pool.release(server) }
         }.whenComplete { [self] result in
-            self.catalogsLoading.remove(database)
+            self.catalogsLoading.removeValue(forKey: database)
             defer {
                 for session in self.catalogWaiters.removeValue(forKey: database) ?? [] { session.catalogReady() }
             }

@@ -122,10 +122,7 @@ def spawn_proxy(proxy: h.Proxy, tmp_path_factory: pytest.TempPathFactory):
         return p
 
     yield spawn
-    for p in started:
-        p.stop()
-        if p in _SPAWNED:
-            _SPAWNED.remove(p)
+    _retire(started)
 
 
 def _tidegate_launcher(tmp_path_factory: pytest.TempPathFactory, started: list[h.Proxy]):
