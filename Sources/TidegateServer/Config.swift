@@ -113,6 +113,25 @@ public struct TidegateConfig: Sendable, Equatable {
         public var database = "postgres"
     }
 
+    /// A market-data relation declared under `relations:` (ticks, quotes, the bar rollups): its time and
+    /// instrument columns and its storage policies; for ticks, whether queries are rewritten to the rollups.
+    public struct Relation: Sendable, Equatable {
+        public var name: String
+        public var timeColumn = "ts"
+        public var instrumentColumn = "symbol"
+        /// Rows older than this many days are dropped (partitions or chunks); nil keeps them.
+        public var retentionDays: Int?
+        /// Chunks older than this many days are compressed (TimescaleDB); nil leaves them.
+        public var compressAfterDays: Int?
+        /// How often a rollup (bars) table or continuous aggregate is refreshed; nil: the schema's default.
+        public var refreshIntervalMs: Int?
+        /// Multi-timeframe rewrite: time_bucket aggregates over this relation read the rollups where they
+        /// are materialized.
+        public var rewrite = false
+
+        public init(name: String) { self.name = name }
+    }
+
     public struct User: Sendable, Equatable {
         public var name: String
         /// Plain password, or a SCRAM verifier.
@@ -136,6 +155,8 @@ public struct TidegateConfig: Sendable, Equatable {
     public var health = Health()
     public var authMethod = ClientAuthMethod.scramSHA256
     public var users: [String: User] = [:]
+    /// Market-data relations by name (`relations:`).
+    public var relations: [String: Relation] = [:]
     /// Event-loop threads (0: one per CPU core). Each serves its own clients with the server connections
     /// it opened; pool.max_size is one budget over all of them.
     public var threads = 1
@@ -234,11 +255,12 @@ extension TidegateConfig {
     /// values by key but does not enumerate mappings).
     struct Layout: Equatable {
         var userNames: [String] = []
+        var relationNames: [String] = []
         /// Region names with their node names, in file order.
         var regions: [(name: String, nodes: [String])] = []
 
         static func == (lhs: Layout, rhs: Layout) -> Bool {
-            lhs.userNames == rhs.userNames && lhs.regions.map(\.name) == rhs.regions.map(\.name)
+            lhs.userNames == rhs.userNames && lhs.relationNames == rhs.relationNames && lhs.regions.map(\.name) == rhs.regions.map(\.name)
                 && lhs.regions.map(\.nodes) == rhs.regions.map(\.nodes)
         }
     }
@@ -252,6 +274,12 @@ extension TidegateConfig {
                 throw ConfigError(problems: ["users: must be a mapping of user name to settings"])
             }
             layout.userNames = usersMapping.keys.compactMap(\.string)
+        }
+        if let relations = mapping["relations"] {
+            guard let relationsMapping = relations.mapping else {
+                throw ConfigError(problems: ["relations: must be a mapping of relation name to its settings"])
+            }
+            layout.relationNames = relationsMapping.keys.compactMap(\.string)
         }
         if let regions = mapping["regions"] {
             guard let regionsMapping = regions.mapping else {
@@ -418,6 +446,28 @@ extension TidegateConfig {
             config.users[name] = User(
                 name: name, password: password, backendPassword: backendPassword.isEmpty ? nil : backendPassword,
                 admin: admin)
+        }
+        for name in layout.relationNames {
+            guard Self.isName(name) else {
+                problems.append("relations: \"\(name)\" is not a valid relation name (letters, digits, - and _)")
+                continue
+            }
+            var relation = Relation(name: name)
+            let key = "relations.\(name)"
+            string("\(key).time_column", &relation.timeColumn)
+            string("\(key).instrument_column", &relation.instrumentColumn)
+            func optionalInt(_ suffix: String, min: Int) -> Int? {
+                guard reader.string(forKey: ConfigKey("\(key).\(suffix)")) != nil || reader.int(forKey: ConfigKey("\(key).\(suffix)")) != nil
+                else { return nil }
+                var value = 0
+                int("\(key).\(suffix)", &value, min: min)
+                return value
+            }
+            relation.retentionDays = optionalInt("retention_days", min: 1)
+            relation.compressAfterDays = optionalInt("compress_after_days", min: 1)
+            relation.refreshIntervalMs = optionalInt("refresh_interval_ms", min: 1_000)
+            bool("\(key).rewrite", &relation.rewrite)
+            config.relations[name] = relation
         }
         if config.routes && config.healthLogin == nil {
             problems.append("health.user: no user with a plain password (or backend_password) to probe the nodes with")
