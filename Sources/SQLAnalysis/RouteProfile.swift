@@ -126,6 +126,9 @@ public struct FunctionCatalog: Sendable {
 
     public var count: Int { self.knownNames.count }
 
+    /// Whether the database has a function of this name (unqualified or `schema.name`).
+    public func knows(_ function: String) -> Bool { self.knownNames.contains(function.lowercased()) }
+
     /// Known, and either never volatile or allowed. A function the catalog does not know (created after it
     /// was loaded, or misspelt) is not safe.
     public func isSafe(_ function: String) -> Bool {

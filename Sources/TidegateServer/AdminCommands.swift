@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import PostgresWire
+import SQLAnalysis
 import Topology
 
 /// The admin console's commands. Each returns rows; none touches a channel.
@@ -11,12 +12,13 @@ struct AdminCommands {
         ("SHOW POOLS", "server connections per (database, user, node): active, idle, waiting clients"),
         ("SHOW CLIENTS", "client connections: user, database, state, pinned and why"),
         ("SHOW SERVERS", "server connections: node, state, owner, prepared statements"),
-        ("SHOW STATS", "queries, transactions, bytes, average query time"),
+        ("SHOW STATS", "queries, transactions, bytes, average query time, statements rewritten to a rollup"),
         ("SHOW CONFIG", "the configuration in force"),
         ("SHOW NODES", "each node: region, discovered role, state, replay position, lag, statements in flight"),
         ("SHOW REGIONS", "each region: its nodes, fallback order, primary, replicas up"),
         ("DRAIN node", "send no new work to a node; work in flight finishes"),
         ("UNDRAIN node", "let a drained node take work again"),
+        ("EXPLAIN REWRITE sql", "the multi-timeframe rewrite of a query: the rollup it reads and the text sent, or why it is sent as it is"),
         ("RELOAD", "re-read the configuration file (like SIGHUP)"),
         ("PAUSE", "wait until no server connection is in use, then hold new work"),
         ("RESUME", "let held work go on"),
@@ -27,6 +29,9 @@ struct AdminCommands {
         let raw = query.split(whereSeparator: { $0.isWhitespace || $0 == ";" }).map(String.init)
         let words = raw.map { $0.uppercased() }
         guard !words.isEmpty else { return .empty }
+        if words.count >= 2 && words[0] == "EXPLAIN" && words[1] == "REWRITE" {
+            return self.explainRewrite(query)
+        }
         if words.count == 2 && (words[0] == "DRAIN" || words[0] == "UNDRAIN") {
             let node = raw[1].trimmingCharacters(in: CharacterSet(charactersIn: "\"'"))
             guard self.runtime.setDraining(node, words[0] == "DRAIN") else {
@@ -178,8 +183,8 @@ struct AdminCommands {
     }
 
     private func stats() async throws -> AdminResult {
-        let totals: [(Int, Int, Int64, Int, Int, Int)] = try await self.runtime.gather { shard in
-            (shard.queries, shard.transactions, shard.queryNanos, shard.bytesIn, shard.bytesOut, shard.errors)
+        let totals: [(Int, Int, Int64, Int, Int, Int, Int)] = try await self.runtime.gather { shard in
+            (shard.queries, shard.transactions, shard.queryNanos, shard.bytesIn, shard.bytesOut, shard.errors, shard.rewrites)
         }
         let queries = totals.reduce(0) { $0 + $1.0 }
         let transactions = totals.reduce(0) { $0 + $1.1 }
@@ -187,18 +192,19 @@ struct AdminCommands {
         let bytesIn = totals.reduce(0) { $0 + $1.3 }
         let bytesOut = totals.reduce(0) { $0 + $1.4 }
         let errors = totals.reduce(0) { $0 + $1.5 }
+        let rewrites = totals.reduce(0) { $0 + $1.6 }
         let uptime = max(1, (NIODeadline.now() - self.runtime.startedAt).nanoseconds / 1_000_000_000)
         let clients = self.runtime.clientCount.load(ordering: .relaxed)
         let average = queries > 0 ? nanos / Int64(queries) / 1000 : 0
         return .rows(
             columns: [
                 "clients", "queries", "transactions", "errors", "bytes_received", "bytes_sent", "avg_query_us",
-                "queries_per_second", "uptime_seconds",
+                "queries_per_second", "uptime_seconds", "rollup_rewrites",
             ],
             rows: [
                 [
                     "\(clients)", "\(queries)", "\(transactions)", "\(errors)", "\(bytesIn)", "\(bytesOut)", "\(average)",
-                    "\(Int64(queries) / uptime)", "\(uptime)",
+                    "\(Int64(queries) / uptime)", "\(uptime)", "\(rewrites)",
                 ]
             ], tag: "SHOW")
     }
@@ -241,6 +247,31 @@ struct AdminCommands {
             rows.append(["users.\(user.name).admin", user.admin ? "true" : "false"])
         }
         return .rows(columns: ["key", "value"], rows: rows, tag: "SHOW")
+    }
+
+    /// EXPLAIN REWRITE <sql>: what the multi-timeframe rewrite sends for that text.
+    private func explainRewrite(_ command: String) -> AdminResult {
+        // The statement is everything after the two words, as typed.
+        var rest = Substring(command)
+        for _ in 0..<2 {
+            rest = rest.drop(while: { $0.isWhitespace })
+            rest = rest.drop(while: { !$0.isWhitespace })
+        }
+        let sql = rest.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !sql.isEmpty else {
+            return .error(ErrorFields(severity: "ERROR", sqlState: "42601", message: "EXPLAIN REWRITE needs a statement: EXPLAIN REWRITE SELECT …"))
+        }
+        guard let schema = self.runtime.config.rollupSchema else {
+            return .rows(
+                columns: ["rollup", "rewritten", "reason", "sql"],
+                rows: [[nil, "no", "the rewrite is off (no relation has rewrite: true in the config)", sql]], tag: "EXPLAIN")
+        }
+        switch RollupRewriter.rewrite(sql, schema: schema) {
+        case .rewritten(let text, let rollup):
+            return .rows(columns: ["rollup", "rewritten", "reason", "sql"], rows: [[rollup, "yes", nil, text]], tag: "EXPLAIN")
+        case .unchanged(let reason):
+            return .rows(columns: ["rollup", "rewritten", "reason", "sql"], rows: [[nil, "no", reason, sql]], tag: "EXPLAIN")
+        }
     }
 
     private func reload() async -> AdminResult {

@@ -662,6 +662,13 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                     FrontendEncoder.query(&buffer, rewritten)
                     server.write(buffer)
                     self.expect(.simpleQuery(effects: effects, next: 0, hidden: hidden))
+                } else if let rewritten = self.shard.rollupRewrite(queryBytes, database: self.database, user: self.userName) {
+                    // A time_bucket aggregate over ticks that the bars rollups answer (same result).
+                    self.shard.rewrites += 1
+                    var buffer = ByteBuffer()
+                    FrontendEncoder.query(&buffer, String(buffer: rewritten))
+                    server.write(buffer)
+                    self.expect(.simpleQuery(effects: analysis.effects, next: 0))
                 } else {
                     server.write(frame.raw)
                     self.expect(.simpleQuery(effects: analysis.effects, next: 0))
@@ -786,15 +793,25 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         let renameUnnamed = parse.statementName.isEmpty && self.shard.config.pool.prepareUnnamed
         guard self.renames && (!parse.statementName.isEmpty || renameUnnamed) else {
             if parse.statementName.isEmpty { self.unnamed = nil }
-            let info = self.shard.statementInfo(query: parse.queryBytes, parameterTypes: parse.parameterTypes, searchPath: nil)
+            let info = self.shard.statementInfo(
+                query: parse.queryBytes, parameterTypes: parse.parameterTypes, searchPath: nil, database: self.database,
+                user: self.userName)
             self.currentClass = info.statementClass
             self.noteEffect(info.effect, portal: nil)
-            server.write(frame.raw)
+            if info.rewritten {
+                self.shard.rewrites += 1
+                var buffer = ByteBuffer()
+                FrontendEncoder.parse(&buffer, name: parse.statementName, queryBytes: info.query, parameterTypes: info.parameterTypes)
+                server.write(buffer)
+            } else {
+                server.write(frame.raw)
+            }
             self.expect(.parse(serverName: nil, clientName: nil, swallow: false))
             return
         }
         let info = self.shard.statementInfo(
-            query: parse.queryBytes, parameterTypes: parse.parameterTypes, searchPath: self.settingsFingerprint)
+            query: parse.queryBytes, parameterTypes: parse.parameterTypes, searchPath: self.settingsFingerprint,
+            database: self.database, user: self.userName)
         self.currentClass = info.statementClass
         if !parse.statementName.isEmpty && self.statements[parse.statementName] != nil {
             var buffer = ByteBuffer()
@@ -810,6 +827,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         } else {
             self.statements[parse.statementName] = Statement(info: info)
         }
+        if info.rewritten { self.shard.rewrites += 1 }
         if server.touchPrepared(info.serverName) {
             var buffer = ByteBuffer()
             BackendEncoder.simple(&buffer, .parseComplete)

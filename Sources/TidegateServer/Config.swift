@@ -1,5 +1,6 @@
 import Configuration
 import Foundation
+import SQLAnalysis
 import SystemPackage
 import Yams
 
@@ -167,6 +168,16 @@ public struct TidegateConfig: Sendable, Equatable {
     public static let adminDatabase = "tidegate"
 
     public init() {}
+
+    /// The relation whose time_bucket aggregates are rewritten to the bars rollups (`rewrite: true`), as
+    /// the rewriter sees it; nil when the rewrite is off.
+    public var rollupSchema: RollupSchema? {
+        guard let relation = self.relations.values.sorted(by: { $0.name < $1.name }).first(where: \.rewrite) else { return nil }
+        var schema = RollupSchema(relation: relation.name, timeColumn: relation.timeColumn, instrumentColumn: relation.instrumentColumn)
+        schema.columns.formUnion([relation.timeColumn, relation.instrumentColumn])
+        schema.notNullColumns = [relation.timeColumn, relation.instrumentColumn, schema.priceColumn, schema.sizeColumn]
+        return schema
+    }
 
     /// Every backend node, in configuration order.
     public var nodes: [NamedNode] {
@@ -468,6 +479,10 @@ extension TidegateConfig {
             relation.refreshIntervalMs = optionalInt("refresh_interval_ms", min: 1_000)
             bool("\(key).rewrite", &relation.rewrite)
             config.relations[name] = relation
+        }
+        let rewritten = config.relations.values.filter(\.rewrite).map(\.name).sorted()
+        if rewritten.count > 1 {
+            problems.append("relations: rewrite is on for \(rewritten.joined(separator: " and ")); the bars rollups belong to one relation")
         }
         if config.routes && config.healthLogin == nil {
             problems.append("health.user: no user with a plain password (or backend_password) to probe the nodes with")

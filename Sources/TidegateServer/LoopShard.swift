@@ -18,8 +18,20 @@ final class LoopShard: @unchecked Sendable {
     var paused = false
     /// This loop's copy of the configuration, replaced on reload.
     var config: TidegateConfig {
-        didSet { self.routes = self.config.routes }
+        didSet {
+            self.routes = self.config.routes
+            if self.config.rollupSchema != oldValue.rollupSchema {
+                self.rollupSchema = self.config.rollupSchema
+                self.rewriteMemo.removeAll()
+            }
+        }
     }
+    /// The multi-timeframe rewrite's schema; nil when it is off.
+    private(set) var rollupSchema: RollupSchema?
+    /// Rewritten texts by the client's text (nil: left unchanged).
+    private var rewriteMemo: [ByteBuffer: ByteBuffer?] = [:]
+    /// Statements sent rewritten to a rollup.
+    var rewrites = 0
     /// Whether the configuration has several nodes (read on the hot path, so kept apart).
     private(set) var routes = false
     private var maintenance: RepeatedTask?
@@ -58,6 +70,52 @@ final class LoopShard: @unchecked Sendable {
         self.logger = logger
         self.config = runtime.config
         self.routes = self.config.routes
+        self.rollupSchema = self.config.rollupSchema
+    }
+
+    /// Whether statements in `database` may be rewritten: the rewrite is on and the database has the
+    /// rollup functions of migration 4 (known from its function catalog, which this starts loading when
+    /// it is missing; until it has loaded, statements go unchanged).
+    func rewriteAllowed(database: String, user: String) -> Bool {
+        guard self.rollupSchema != nil else { return false }
+        let primary = self.topology.primary ?? (self.routes ? nil : self.config.nodes.first?.name)
+        guard case .loaded(let catalog) = self.functionCatalog(database: database, user: user, primary: primary) else { return false }
+        return catalog.knows("tidegate_rollup_watermark")
+    }
+
+    /// The text to send instead of `query` when it is a time_bucket aggregate the rollups can answer
+    /// (RollupRewriter); nil otherwise. Only ASCII texts are rewritten (the client encoding then does not
+    /// matter), and only texts that mention time_bucket are parsed at all.
+    func rollupRewrite(_ query: ByteBuffer, database: String, user: String) -> ByteBuffer? {
+        guard let schema = self.rollupSchema, Self.mentionsTimeBucket(query),
+            self.rewriteAllowed(database: database, user: user)
+        else { return nil }
+        if let memo = self.rewriteMemo[query] { return memo }
+        let result = RollupRewriter.rewrite(String(buffer: query), schema: schema).sql.map { ByteBuffer(string: $0) }
+        if self.rewriteMemo.count >= Self.statementMemoLimit { self.rewriteMemo.removeAll(keepingCapacity: true) }
+        self.rewriteMemo[ByteBuffer(bytes: query.readableBytesView)] = result
+        return result
+    }
+
+    /// An ASCII text containing "time_bucket" in any case: the only texts the rewrite parses.
+    static func mentionsTimeBucket(_ query: ByteBuffer) -> Bool {
+        query.withUnsafeReadableBytes { bytes -> Bool in
+            let needle: [UInt8] = Array("time_bucket".utf8)
+            guard bytes.count >= needle.count else { return false }
+            var found = false
+            for start in 0...(bytes.count - needle.count) {
+                if bytes[start] >= 0x80 { return false }
+                if found { continue }
+                var index = 0
+                while index < needle.count {
+                    let byte = bytes[start + index]
+                    guard (byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte) == needle[index] else { break }
+                    index += 1
+                }
+                if index == needle.count { found = true }
+            }
+            return found && bytes[(bytes.count - needle.count)...].allSatisfy { $0 < 0x80 }
+        }
     }
 
     func start() {
@@ -283,13 +341,17 @@ final class LoopShard: @unchecked Sendable {
     /// Server connections currently lent to clients.
     var activeServers: Int { self.pools.values.reduce(0) { $0 + $1.active } }
 
-    func statementInfo(query: ByteBuffer, parameterTypes: [UInt32], searchPath: String?) -> StatementInfo {
-        let key = StatementMemoKey(query: query, parameterTypes: parameterTypes, searchPath: searchPath)
+    func statementInfo(query: ByteBuffer, parameterTypes: [UInt32], searchPath: String?, database: String, user: String) -> StatementInfo {
+        let rewrite = self.rollupSchema != nil && Self.mentionsTimeBucket(query) && self.rewriteAllowed(database: database, user: user)
+        let key = StatementMemoKey(query: query, parameterTypes: parameterTypes, searchPath: searchPath, rewrite: rewrite)
         if let info = self.statementMemo[key] { return info }
         // Copy the text out of the client's receive buffer so the memo does not keep that buffer alive.
-        let info = StatementInfo(query: ByteBuffer(bytes: query.readableBytesView), parameterTypes: parameterTypes, searchPath: searchPath)
+        let original = ByteBuffer(bytes: query.readableBytesView)
+        let rewritten = rewrite ? self.rollupRewrite(original, database: database, user: user) : nil
+        let info = StatementInfo(
+            query: rewritten ?? original, parameterTypes: parameterTypes, searchPath: searchPath, rewritten: rewritten != nil)
         if self.statementMemo.count >= Self.statementMemoLimit { self.statementMemo.removeAll(keepingCapacity: true) }
-        self.statementMemo[StatementMemoKey(query: info.query, parameterTypes: parameterTypes, searchPath: searchPath)] = info
+        self.statementMemo[StatementMemoKey(query: original, parameterTypes: parameterTypes, searchPath: searchPath, rewrite: rewrite)] = info
         return info
     }
 }
@@ -298,6 +360,8 @@ struct StatementMemoKey: Hashable {
     var query: ByteBuffer
     var parameterTypes: [UInt32]
     var searchPath: String?
+    /// Whether the rollup rewrite applied when the entry was made (a database may lack the rollups).
+    var rewrite: Bool
 }
 
 /// What Tidegate knows of a statement text.
@@ -306,14 +370,17 @@ struct StatementInfo {
     /// client's settings (`searchPath` carries the settings fingerprint: search_path,
     /// standard_conforming_strings, TimeZone… change what the text means when parsed).
     let serverName: String
-    /// The text as the client sent it (its encoding), forwarded unchanged.
+    /// The text sent to the server: as the client sent it (its encoding), or the rollup rewrite of it.
     let query: ByteBuffer
+    /// Whether `query` is the rollup rewrite of the client's text.
+    let rewritten: Bool
     let parameterTypes: [UInt32]
     let effect: SessionEffect
     let statementClass: StatementClass
 
-    init(query: ByteBuffer, parameterTypes: [UInt32], searchPath: String?) {
+    init(query: ByteBuffer, parameterTypes: [UInt32], searchPath: String?, rewritten: Bool = false) {
         self.query = query
+        self.rewritten = rewritten
         self.parameterTypes = parameterTypes
         var first = FNV1a64()
         var second = FNV1a64(offset: 0x6c62_272e_07bb_0142)
