@@ -47,15 +47,23 @@ $$;
 --     (ranges moved there but not refreshed yet, including the never-refreshed ones: a new continuous
 --     aggregate starts with one invalidation of the whole time range).
 -- Changes after a source's invalidation threshold are not logged, but they lie after every watermark
--- of the continuous aggregates on that source. The logs and the watermark are written in the same
--- transactions as the data they describe, so reading them in the query's snapshot matches the rows
--- the query reads. Times in these catalogs are TimescaleDB's internal time: microseconds since the
--- Unix epoch, with PG_INT64_MIN / PG_INT64_MAX for -infinity / +infinity; values before the first
--- valid timestamp (only the remainders of the initial whole-range invalidation) hold no data.
--- Written against TimescaleDB 2.19's catalog; anything that is not a continuous aggregate gets
--- from_ts (no rollup use).
+-- of the continuous aggregates on that source. A change to ticks commits with its invalidation, and a
+-- refresh commits its materialization with the removal of what it refreshed from the logs (moving
+-- invalidations from one log to the other, in an earlier transaction, keeps them pending), so reading
+-- the catalog in the query's snapshot matches the rows the query reads. The result is an instant, not
+-- a bucket boundary: the rewrite ends the rollup's part at tidegate_rollup_end(width, result, false).
+-- Times in these catalogs are TimescaleDB's internal time: microseconds since the Unix epoch, with
+-- PG_INT64_MIN / PG_INT64_MAX for -infinity / +infinity; values before the first valid timestamp (the
+-- remainders of the initial whole-range invalidation) hold no data (a hypertable rejects -infinity).
+-- A transaction's own changes to ticks are logged only when it commits, so a transaction that has
+-- written anything (it has a transaction ID) gets from_ts: no rollup use until it ends. (That check is
+-- why the function is PARALLEL RESTRICTED.) Anything that is not a continuous aggregate gets from_ts
+-- too. Written against TimescaleDB 2.19's catalog (_timescaledb_catalog.continuous_agg,
+-- continuous_aggs_watermark, continuous_aggs_hypertable_invalidation_log,
+-- continuous_aggs_materialization_invalidation_log; _timescaledb_functions.to_unix_microseconds and
+-- to_timestamp).
 CREATE FUNCTION tidegate_rollup_watermark(rollup regclass, from_ts timestamptz)
-RETURNS timestamptz LANGUAGE sql STABLE PARALLEL SAFE AS $$
+RETURNS timestamptz LANGUAGE sql STABLE PARALLEL RESTRICTED AS $$
     WITH RECURSIVE levels AS (
         SELECT ca.mat_hypertable_id, ca.raw_hypertable_id, 1 AS depth
         FROM _timescaledb_catalog.continuous_agg ca
@@ -96,7 +104,8 @@ RETURNS timestamptz LANGUAGE sql STABLE PARALLEL SAFE AS $$
         WHERE h.greatest_modified_value >= (SELECT v FROM bound)
     ),
     earliest AS (
-        SELECT CASE WHEN EXISTS (SELECT FROM levels) THEN (SELECT min(v) FROM candidates)
+        SELECT CASE WHEN pg_catalog.pg_current_xact_id_if_assigned() IS NULL AND EXISTS (SELECT FROM levels)
+                    THEN (SELECT min(v) FROM candidates)
                     ELSE '-9223372036854775808'::bigint END AS v
     )
     SELECT greatest(coalesce(from_ts, '-infinity'), CASE
