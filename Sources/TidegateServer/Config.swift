@@ -157,6 +157,8 @@ public struct TidegateConfig: Sendable, Equatable {
     public var users: [String: User] = [:]
     /// Market-data relations by name (`relations:`).
     public var relations: [String: Relation] = [:]
+    /// Storage maintenance and analytics (`storage:`, StorageConfig.swift).
+    public var storage = Storage()
     /// Event-loop threads (0: one per CPU core). Each serves its own clients with the server connections
     /// it opened; pool.max_size is one budget over all of them.
     public var threads = 1
@@ -469,6 +471,7 @@ extension TidegateConfig {
             bool("\(key).rewrite", &relation.rewrite)
             config.relations[name] = relation
         }
+        Self.readStorage(reader, into: &config.storage, problems: &problems)
         if config.routes && config.healthLogin == nil {
             problems.append("health.user: no user with a plain password (or backend_password) to probe the nodes with")
         }
