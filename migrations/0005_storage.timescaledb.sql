@@ -25,8 +25,8 @@ RETURNS TABLE (relation text, kind text, time_column text, storage regclass, hyp
                hypertable_name text)
 LANGUAGE sql STABLE AS $$
     SELECT r.relation, r.kind, r.time_column,
-           coalesce(format('%I.%I', ca.materialization_hypertable_schema, ca.materialization_hypertable_name)::regclass,
-                    r.relation::regclass),
+           CASE WHEN ca.view_name IS NULL THEN r.relation::regclass
+                ELSE format('%I.%I', ca.materialization_hypertable_schema, ca.materialization_hypertable_name)::regclass END,
            coalesce(ca.materialization_hypertable_schema, h.hypertable_schema::text),
            coalesce(ca.materialization_hypertable_name, h.hypertable_name::text)
     FROM (VALUES ('ticks', 'hypertable', 'ts'), ('quotes', 'hypertable', 'ts'),

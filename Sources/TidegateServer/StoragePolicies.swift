@@ -108,7 +108,10 @@ public enum StoragePolicies {
             } catch {
                 throw MigrationError("\(step.relation) \(step.policy.rawValue) (\(step.action)) failed: \(error)")
             }
-            let detail = rows.map { $0.map { $0 ?? "NULL" }.joined(separator: " ") }.joined(separator: ", ")
+            // What the plain flavour's functions return (partitions dropped, buckets refreshed) is worth
+            // printing; TimescaleDB's policy functions return job records and ids.
+            let detail = step.statements.contains(where: { $0.contains("tidegate_") })
+                ? rows.map { $0.map { $0 ?? "NULL" }.joined(separator: " ") }.joined(separator: ", ") : ""
             lines.append("\(step.relation) \(step.policy.rawValue): \(step.action)\(detail.isEmpty ? "" : " (\(detail))")")
         }
         return lines
