@@ -25,12 +25,78 @@ extension Runtime {
     }
 }
 
+/// The maintenance job's own connection to the primary, outside the pools (like the health checker's
+/// probes): the job never takes a client's pool slot, never waits behind PAUSE and does not show in
+/// SHOW POOLS. Opened on first use, kept between runs, opened again when it broke or the primary moved.
+// @unchecked Sendable: used by the job's single task only, one call at a time; the ServerConnection
+// itself is only touched on its event loop (through submit).
+final class JobConnection: @unchecked Sendable {
+    let runtime: Runtime
+    let logger: Logger
+    private var current: (key: PoolKey, server: ServerConnection)?
+
+    init(runtime: Runtime, logger: Logger) {
+        self.runtime = runtime
+        self.logger = logger
+    }
+
+    func query(database: String, _ sql: String) async throws -> [[String?]] {
+        let config = self.runtime.config
+        guard let login = config.healthLogin else {
+            throw TidegateError.serverUnavailable("no user with a plain password to log in to the primary with (health.user)")
+        }
+        guard let primary = self.runtime.topology.primary ?? (config.routes ? nil : config.nodes.first?.name),
+            let node = config.node(named: primary)
+        else {
+            throw TidegateError.serverUnavailable("no primary is known (SHOW NODES)")
+        }
+        guard let loop = self.runtime.shards.first?.loop else { throw TidegateError.serverUnavailable("not running") }
+        let key = PoolKey(database: database, user: login.user, node: primary)
+        let server: ServerConnection
+        if let current = self.current, current.key == key, !(try await loop.submit { current.server.isClosed }.get()) {
+            server = current.server
+        } else {
+            self.close()
+            let logger = self.logger
+            let maxMessageBytes = config.limits.maxMessageBytes
+            server = try await loop.submit {
+                ServerConnection(
+                    key: key, node: node.endpoint, loop: loop, password: login.password, maxMessageBytes: maxMessageBytes,
+                    logger: logger)
+            }.get()
+            self.current = (key, server)
+            do {
+                try await loop.flatSubmit {
+                    server.connect(connectTimeout: .milliseconds(Int64(config.pool.connectTimeoutMs)), maxMessageBytes: maxMessageBytes)
+                }.get()
+            } catch {
+                self.close()
+                throw error
+            }
+        }
+        do {
+            return try await loop.flatSubmit { server.runInternalRows(sql) }.get()
+        } catch TidegateError.serverRefused(let fields) {
+            throw TidegateError.serverRefused(fields)
+        } catch {
+            self.close()
+            throw error
+        }
+    }
+
+    func close() {
+        guard let (_, server) = self.current else { return }
+        self.current = nil
+        server.loop.execute { server.close() }
+    }
+}
+
 /// The storage maintenance job of `tidegate serve`: every `storage.maintenance_interval_ms`, on the
 /// primary's `storage.database` — plain PostgreSQL: creates the daily partitions ahead, drops those past
 /// retention, refreshes the bars when their refresh interval has passed; both flavours: records relation
 /// sizes into tidegate_storage_history every `storage.history_interval_ms`. A database without the
 /// storage schema (migration 5) is skipped quietly. Failures are logged (one warning per 5 minutes, the
-/// rest at debug) and never touch clients: the job borrows one pooled connection at a time.
+/// rest at debug) and never touch clients: the job has its own connection (`JobConnection`), no pool's.
 final class StorageMaintenance: Sendable {
     let runtime: Runtime
     let logger: Logger
@@ -54,13 +120,15 @@ final class StorageMaintenance: Sendable {
     /// Runs until the task is cancelled (the service shutting down).
     func run() async {
         var state = State()
+        let connection = JobConnection(runtime: self.runtime, logger: self.logger)
+        defer { connection.close() }
         // Give the health checker a round to find the primary.
         try? await Task.sleep(for: .seconds(1))
         while !Task.isCancelled {
             let config = self.runtime.config
             let interval = config.storage.maintenanceIntervalMs
             if interval > 0 {
-                await self.runOnce(config: config, state: &state)
+                await self.runOnce(config: config, state: &state, connection: connection)
             }
             // Disabled: look again later (a reload may enable it).
             do {
@@ -71,12 +139,11 @@ final class StorageMaintenance: Sendable {
         }
     }
 
-    func runOnce(config: TidegateConfig, state: inout State) async {
+    func runOnce(config: TidegateConfig, state: inout State, connection: JobConnection) async {
         let database = config.storage.database
-        let runtime = self.runtime
         let query: StoragePolicies.Query = { sql in
             do {
-                return try await runtime.primaryQuery(database: database, sql)
+                return try await connection.query(database: database, sql)
             } catch TidegateError.serverRefused(let fields) {
                 throw StorageJobError(sqlState: fields.sqlState, message: fields.message ?? "error")
             }

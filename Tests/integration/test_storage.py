@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -173,8 +174,15 @@ def test_maintenance_job_skips_a_database_without_the_schema(empty_db, tidegate_
         for _ in range(3):
             assert c.execute("select 1").fetchone() == (1,)
             c.execute("select pg_sleep(0.5)")
-    log = p.log_tail(200)
-    assert "storage maintenance failed" not in log, log
+    nodb = tidegate_instance({"storage.database": "tg_no_such_db", "storage.maintenance_interval_ms": 1000},
+                             name="storage-nodb-job")
+    time.sleep(2.5)
+    for proxy in (p, nodb):
+        log = proxy.log_tail(200)
+        assert "storage maintenance failed" not in log, log
+    # The job has a connection of its own, outside the pools: nothing of it in SHOW POOLS.
+    pools = h.admin_dicts(nodb, "SHOW POOLS")
+    assert not [r for r in pools if r["database"] == "tg_no_such_db"], pools
 
 
 def test_show_storage_returns_sane_rows(market_db, tidegate_instance):
