@@ -153,6 +153,8 @@ final class StorageMaintenance: Sendable {
         var failures: [String] = []
         do {
             guard let flavour = try await StoragePolicies.flavour(query) else {
+                // Nothing to maintain: hold no connection until the next look.
+                connection.close()
                 if !state.schemaAbsentLogged {
                     state.schemaAbsentLogged = true
                     self.logger.debug("storage schema absent (migration 5 not applied); maintenance skipped", metadata: ["database": "\(database)"])
@@ -199,6 +201,7 @@ final class StorageMaintenance: Sendable {
             }
         } catch let error as StorageJobError where error.sqlState == "3D000" {
             // The database does not exist: nothing to maintain.
+            connection.close()
             if !state.schemaAbsentLogged {
                 state.schemaAbsentLogged = true
                 self.logger.debug("storage database absent; maintenance skipped", metadata: ["database": "\(database)"])
