@@ -5,6 +5,7 @@ Tidegate's maintenance job and the admin console's SHOW STORAGE against it."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -266,3 +267,74 @@ def test_bad_storage_config_is_refused(tmp_path):
     assert r.returncode == 2, (r.stdout, r.stderr)
     for key in ("storage.maintenance_interval_ms", "storage.partitions_ahead_days", "storage.disk_bytes"):
         assert key in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# TimescaleDB flavour: only when TIDEGATE_TIMESCALE_PORT names a server with timescaledb preloaded, the
+# role tidegate (password tidegate) and the postgres superuser trusted on loopback (DEVELOPERS.md).
+
+TIMESCALE_PORT = int(os.environ.get("TIDEGATE_TIMESCALE_PORT", "0") or 0)
+
+
+@pytest.fixture
+def timescale_db(tmp_path: Path):
+    if not TIMESCALE_PORT:
+        pytest.skip("TIDEGATE_TIMESCALE_PORT not set (a TimescaleDB server; see DEVELOPERS.md)")
+    name = h.unique_name("tg_it_tsdb")
+    admin = psycopg.connect(h.make_dsn(h.HOST, TIMESCALE_PORT, "postgres", "postgres"), autocommit=True)
+    with admin:
+        admin.execute(f'create database "{name}" owner tidegate')
+    try:
+        with psycopg.connect(h.make_dsn(h.HOST, TIMESCALE_PORT, name, "postgres"), autocommit=True) as c:
+            c.execute("create extension timescaledb")
+        cfg = h.tidegate_config(h.allocate_port("pg"), 0, {"primary": {"host": h.HOST, "port": TIMESCALE_PORT},
+                                                           "storage.database": name})
+        config = tmp_path / "timescale.yaml"
+        config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        r = run_tidegate("migrate", "--config", str(config), "--database", name, "--dir", str(MIGRATIONS))
+        assert r.returncode == 0 and "timescaledb flavour" in r.stdout, (r.stdout, r.stderr)
+        yield name, config
+    finally:
+        with psycopg.connect(h.make_dsn(h.HOST, TIMESCALE_PORT, "postgres", "postgres"), autocommit=True) as c:
+            c.execute(f'drop database if exists "{name}" with (force)')
+
+
+def test_timescale_policies_apply_and_storage(timescale_db):
+    name, config = timescale_db
+    show = run_tidegate("policies", "show", "--config", str(config))
+    assert show.returncode == 0 and "timescaledb flavour" in show.stdout, (show.stdout, show.stderr)
+    assert all(line.rstrip().endswith("| ok") for line in show.stdout.splitlines()[3:]), show.stdout
+    changes = ["--set", "relations.ticks.retention_days=30", "--set", "relations.quotes.compress_after_days=3",
+               "--set", "relations.bars_1m.refresh_interval_ms=120000"]
+    applied = run_tidegate("policies", "apply", "--config", str(config), *changes)
+    assert applied.returncode == 0 and "applied 3 step(s)" in applied.stdout, (applied.stdout, applied.stderr)
+    with psycopg.connect(h.make_dsn(h.HOST, TIMESCALE_PORT, name), autocommit=True) as c:
+        jobs = {(r[0], r[1]): r[2] for r in c.execute(
+            "select coalesce(ca.view_name::text, j.hypertable_name::text), j.proc_name, "
+            "coalesce(j.config->>'drop_after', j.config->>'compress_after', j.schedule_interval::text) "
+            "from timescaledb_information.jobs j left join timescaledb_information.continuous_aggregates ca "
+            "on ca.materialization_hypertable_name = j.hypertable_name").fetchall()}
+        assert jobs[("ticks", "policy_retention")] in ("30 days", "720:00:00"), jobs
+        assert jobs[("quotes", "policy_compression")] in ("3 days", "72:00:00"), jobs
+        assert jobs[("bars_1m", "policy_refresh_continuous_aggregate")] == "00:02:00", jobs
+        c.execute("insert into ticks (ts, symbol, price, size, exchange, trade_id) select now() - (i || ' hours')::interval, "
+                  "'AAPL', 100 + i % 7, 10, 'XNAS', i from generate_series(1, 300) i")
+        c.execute("select compress_chunk(ch) from show_chunks('ticks', older_than => interval '8 days') ch")
+    again = run_tidegate("policies", "show", "--config", str(config), *changes)
+    assert all(line.rstrip().endswith("| ok") for line in again.stdout.splitlines()[3:]), again.stdout
+
+    cfg = yaml.safe_load(config.read_text())
+    p = h.start_tidegate(config.parent / "ts-proxy", h.allocate_port("pg"), 0,
+                         {"primary": cfg["primary"], "storage.database": name, "storage.maintenance_interval_ms": 0},
+                         name="tidegate-timescale")
+    try:
+        rows = h.admin_dicts(p, "SHOW STORAGE")
+        chunks = [r for r in rows if r["relation"] == "ticks" and r["part"] is not None]
+        compressed = [r for r in chunks if r["compressed_bytes"] is not None]
+        assert compressed and all(float(r["compression_ratio"]) > 0 and r["rows"] is None for r in compressed), chunks
+        assert all(r["oldest"] < r["newest"] for r in chunks), chunks
+        total = next(r for r in rows if r["relation"] == "ticks" and r["part"] is None)
+        assert int(total["total_bytes"]) > 0 and int(total["compressed_bytes"]) > 0, total
+        assert {"bars_1m", "bars_1d"} <= {r["relation"] for r in rows}, rows
+    finally:
+        p.stop()
