@@ -422,6 +422,7 @@ extension TidegateConfig {
         int("health.up_after", &config.health.upAfter, min: 1, max: 100)
         string("health.user", &config.health.user)
         string("health.database", &config.health.database)
+        Self.readStorage(reader, into: &config.storage, problems: &problems)
         choice("auth.method", &config.authMethod)
         int("threads", &config.threads, min: 0, max: 256)
         if config.threads == 0 { config.threads = max(1, ProcessInfo.processInfo.activeProcessorCount) }
@@ -471,7 +472,6 @@ extension TidegateConfig {
             bool("\(key).rewrite", &relation.rewrite)
             config.relations[name] = relation
         }
-        Self.readStorage(reader, into: &config.storage, problems: &problems)
         if config.routes && config.healthLogin == nil {
             problems.append("health.user: no user with a plain password (or backend_password) to probe the nodes with")
         }
