@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import PostgresWire
 
@@ -28,12 +29,12 @@ extension Runtime {
 /// The maintenance job's own connection to the primary, outside the pools (like the health checker's
 /// probes): the job never takes a client's pool slot, never waits behind PAUSE and does not show in
 /// SHOW POOLS. Opened on first use, kept between runs, opened again when it broke or the primary moved.
-// @unchecked Sendable: used by the job's single task only, one call at a time; the ServerConnection
-// itself is only touched on its event loop (through submit).
-final class JobConnection: @unchecked Sendable {
+final class JobConnection: Sendable {
     let runtime: Runtime
     let logger: Logger
-    private var current: (key: PoolKey, server: ServerConnection)?
+    /// query() runs on the job's task, close() also from its cancellation handler: hence the lock. The
+    /// ServerConnection itself is only touched on its event loop.
+    private let currentBox = NIOLockedValueBox<(key: PoolKey, server: ServerConnection)?>(nil)
 
     init(runtime: Runtime, logger: Logger) {
         self.runtime = runtime
@@ -53,7 +54,9 @@ final class JobConnection: @unchecked Sendable {
         guard let loop = self.runtime.shards.first?.loop else { throw TidegateError.serverUnavailable("not running") }
         let key = PoolKey(database: database, user: login.user, node: primary)
         let server: ServerConnection
-        if let current = self.current, current.key == key, !(try await loop.submit { current.server.isClosed }.get()) {
+        if let current = self.currentBox.withLockedValue({ $0 }), current.key == key,
+            !(try await loop.submit { current.server.isClosed }.get())
+        {
             server = current.server
         } else {
             self.close()
@@ -64,7 +67,7 @@ final class JobConnection: @unchecked Sendable {
                     key: key, node: node.endpoint, loop: loop, password: login.password, maxMessageBytes: maxMessageBytes,
                     logger: logger)
             }.get()
-            self.current = (key, server)
+            self.currentBox.withLockedValue { $0 = (key, server) }
             do {
                 try await loop.flatSubmit {
                     server.connect(connectTimeout: .milliseconds(Int64(config.pool.connectTimeoutMs)), maxMessageBytes: maxMessageBytes)
@@ -84,9 +87,13 @@ final class JobConnection: @unchecked Sendable {
         }
     }
 
+    /// Closes the connection (a query in flight fails at once).
     func close() {
-        guard let (_, server) = self.current else { return }
-        self.current = nil
+        let current = self.currentBox.withLockedValue { box in
+            defer { box = nil }
+            return box
+        }
+        guard let (_, server) = current else { return }
         server.loop.execute { server.close() }
     }
 }
@@ -128,7 +135,13 @@ final class StorageMaintenance: Sendable {
             let config = self.runtime.config
             let interval = config.storage.maintenanceIntervalMs
             if interval > 0 {
-                await self.runOnce(config: config, state: &state, connection: connection)
+                // Shutdown must not wait for a long statement (a big refresh): cancelling closes the
+                // connection, which fails the statement in flight.
+                await withTaskCancellationHandler {
+                    await self.runOnce(config: config, state: &state, connection: connection)
+                } onCancel: {
+                    connection.close()
+                }
             }
             // Disabled: look again later (a reload may enable it).
             do {
