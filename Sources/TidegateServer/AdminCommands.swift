@@ -14,6 +14,7 @@ struct AdminCommands {
         ("SHOW SERVERS", "server connections: node, state, owner, prepared statements"),
         ("SHOW STATS", "queries, transactions, bytes, average query time, statements rewritten to a rollup"),
         ("SHOW CONFIG", "the configuration in force"),
+    ] + Self.storageHelp + [
         ("SHOW NODES", "each node: region, discovered role, state, replay position, lag, statements in flight"),
         ("SHOW REGIONS", "each region: its nodes, fallback order, primary, replicas up"),
         ("DRAIN node", "send no new work to a node; work in flight finishes"),
@@ -58,6 +59,7 @@ struct AdminCommands {
                 _ = try await self.runtime.gather { $0.setPaused(false) }
                 return .command("RESUME")
             default:
+                if let result = await self.storage(words) { return result }
                 return .error(
                     ErrorFields(
                         severity: "ERROR", sqlState: "42601",
@@ -246,6 +248,7 @@ struct AdminCommands {
         for user in config.users.values.sorted(by: { $0.name < $1.name }) {
             rows.append(["users.\(user.name).admin", user.admin ? "true" : "false"])
         }
+        rows += config.storageConfigRows
         return .rows(columns: ["key", "value"], rows: rows, tag: "SHOW")
     }
 

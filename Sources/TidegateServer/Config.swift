@@ -158,6 +158,8 @@ public struct TidegateConfig: Sendable, Equatable {
     public var users: [String: User] = [:]
     /// Market-data relations by name (`relations:`).
     public var relations: [String: Relation] = [:]
+    /// Storage maintenance and analytics (`storage:`, StorageConfig.swift).
+    public var storage = Storage()
     /// Event-loop threads (0: one per CPU core). Each serves its own clients with the server connections
     /// it opened; pool.max_size is one budget over all of them.
     public var threads = 1
@@ -431,6 +433,7 @@ extension TidegateConfig {
         int("health.up_after", &config.health.upAfter, min: 1, max: 100)
         string("health.user", &config.health.user)
         string("health.database", &config.health.database)
+        Self.readStorage(reader, into: &config.storage, problems: &problems)
         choice("auth.method", &config.authMethod)
         int("threads", &config.threads, min: 0, max: 256)
         if config.threads == 0 { config.threads = max(1, ProcessInfo.processInfo.activeProcessorCount) }

@@ -1,8 +1,6 @@
 import Crypto
 import Foundation
 import Logging
-import NIOCore
-import NIOPosix
 import SQLAnalysis
 
 /// The schema's flavour: TimescaleDB when the server has the extension, plain PostgreSQL otherwise.
@@ -177,60 +175,15 @@ public enum MigrationRunner {
         config: TidegateConfig, directory: String, database: String, user: String?, dryRun: Bool, target: Int?,
         log: @escaping @Sendable (String) -> Void
     ) async throws -> MigrationReport {
-        guard let login = user.map({ name in (name, config.users[name].flatMap { $0.backendPassword ?? ($0.password.hasPrefix("SCRAM-SHA-256$") ? nil : $0.password) }) })
-            ?? config.healthLogin.map({ ($0.user, $0.password) })
-        else {
-            throw MigrationError("no user to log in with: pass --user or configure a user with a plain password")
-        }
-        let loop = MultiThreadedEventLoopGroup.singleton.next()
-        var logger = Logger(label: "tidegate.migrate")
-        logger.logLevel = .warning
-
-        func connect(_ node: TidegateConfig.NamedNode) async throws -> ServerConnection {
-            let server = try await loop.submit {
-                ServerConnection(
-                    key: PoolKey(database: database, user: login.0, node: node.name), node: node.endpoint, loop: loop,
-                    password: login.1, maxMessageBytes: 1 << 30, logger: logger)
-            }.get()
-            try await loop.flatSubmit {
-                server.connect(connectTimeout: .milliseconds(Int64(config.pool.connectTimeoutMs)), maxMessageBytes: 1 << 30)
-            }.get()
-            return server
-        }
-        func rows(_ server: ServerConnection, _ sql: String) async throws -> [[String?]] {
-            do {
-                return try await loop.flatSubmit { server.runInternalRows(sql) }.get()
-            } catch TidegateError.serverRefused(let fields) {
-                throw MigrationError("\(fields.message ?? "error") (SQLSTATE \(fields.sqlState ?? "?"))")
-            }
-        }
-
-        // The primary: the node that is not in recovery.
-        var primary: (TidegateConfig.NamedNode, ServerConnection)?
-        var problems: [String] = []
-        for node in config.nodes {
-            do {
-                let server = try await connect(node)
-                if try await rows(server, "SELECT pg_catalog.pg_is_in_recovery()").first?.first == "f" {
-                    primary = (node, server)
-                    break
-                }
-                _ = try? await loop.submit { server.close() }.get()
-                problems.append("\(node.name): a replica")
-            } catch {
-                problems.append("\(node.name): \(error)")
-            }
-        }
-        guard let (node, server) = primary else {
-            throw MigrationError("no primary among the configured nodes (\(problems.joined(separator: "; ")))")
-        }
+        let primary = try await PrimaryConnection.connect(config: config, database: database, user: user)
         do {
             let report = try await self.migrate(
-                server: server, node: node.name, directory: directory, dryRun: dryRun, target: target, log: log, rows: rows)
-            try? await loop.submit { server.close() }.get()
+                server: primary.server, node: primary.node, directory: directory, dryRun: dryRun, target: target, log: log,
+                rows: { _, sql in try await primary.rows(sql) })
+            await primary.close()
             return report
         } catch {
-            try? await loop.submit { server.close() }.get()
+            await primary.close()
             throw error
         }
     }

@@ -113,6 +113,8 @@ public final class TidegateService: Service, Sendable {
                 group.addTask {
                     try? await server.closeFuture.get()
                 }
+                let maintenance = StorageMaintenance(runtime: runtime, logger: logger)
+                group.addTask { await maintenance.run() }
                 await group.next()
                 group.cancelAll()
             }

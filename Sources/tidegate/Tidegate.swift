@@ -14,7 +14,7 @@ struct Tidegate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tidegate",
         abstract: "A PostgreSQL wire-protocol proxy for market data.",
-        subcommands: [Serve.self, CheckConfig.self, Migrate.self],
+        subcommands: [Serve.self, CheckConfig.self, Migrate.self, Policies.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -164,5 +164,54 @@ struct Migrate: AsyncParsableCommand {
             FileHandleOutput.standardError("migrate: \(error.description)")
             throw ExitCode(1)
         }
+    }
+}
+
+struct Policies: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the storage policies of relations: (config) next to the database's, or make the database match.",
+        subcommands: [Show.self, Apply.self])
+
+    struct Options: ParsableArguments {
+        @OptionGroup var options: ConfigOptions
+
+        @Option(help: "The database (default: storage.database).")
+        var database: String?
+
+        @Option(help: "The user to log in as (default: health.user, or the first user with a plain password).")
+        var user: String?
+
+        func run(apply: Bool, dryRun: Bool) async throws {
+            let config = try await self.options.load()
+            do {
+                let lines = try await StoragePolicies.run(
+                    config: config, database: self.database, user: self.user, apply: apply, dryRun: dryRun)
+                for line in lines { print(line) }
+            } catch let error as MigrationError {
+                FileHandleOutput.standardError("policies: \(error.description)")
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Per relation and policy: what the config asks for, what the database has, what apply would do.")
+
+        @OptionGroup var options: Options
+
+        func run() async throws { try await self.options.run(apply: false, dryRun: false) }
+    }
+
+    struct Apply: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make the database match the config: policies (TimescaleDB), or partitions, retention and bar refresh (plain PostgreSQL).")
+
+        @OptionGroup var options: Options
+
+        @Flag(help: "Show the statements apply would run, change nothing.")
+        var dryRun = false
+
+        func run() async throws { try await self.options.run(apply: true, dryRun: self.dryRun) }
     }
 }
