@@ -313,3 +313,40 @@ def test_explain_rewrite_says_why_not(rewriting_proxy):
     with psycopg.connect(rewriting_proxy.dsn(db="tidegate"), autocommit=True) as c:
         with pytest.raises(psycopg.errors.SyntaxError):
             c.execute("EXPLAIN REWRITE")
+
+
+def test_retention_takes_the_bars_of_dropped_ticks_along(rewriting_proxy, lab, tmp_path):
+    """Retention drops old tick partitions and deletes old DEFAULT-partition rows; the rewrite must
+    not answer from bars whose ticks are gone (before or after the next refresh)."""
+    name = h.unique_name("tg_it_rw_ret")
+    with superuser() as c:
+        c.execute(f'create database "{name}" owner tidegate')
+    try:
+        config = tmp_path / "migrate.yaml"
+        config.write_text(yaml.safe_dump(h.tidegate_config(h.allocate_port("pg"), 0), sort_keys=False))
+        done = subprocess.run([str(h.tidegate_binary()), "migrate", "--config", str(config), "--database", name,
+                               "--dir", str(h.REPO / "migrations")], capture_output=True, text=True, timeout=120,
+                              env=h._child_env())
+        assert done.returncode == 0, done.stderr
+        with psycopg.connect(h.direct_dsn(db=name), autocommit=True) as c:
+            c.execute("select tidegate_ensure_partitions('ticks', '2026-10-01', 2)")
+            # Two days in daily partitions, a third in the DEFAULT partition.
+            c.execute("insert into ticks (ts, symbol, price, size, exchange, trade_id) select '2026-10-01'::timestamptz "
+                      "+ i * interval '37 seconds', 'AAA', 100 + i % 7, 1, 'X', i from generate_series(0, 3 * 86400 / 37) i")
+            c.execute("select tidegate_refresh_bars()")
+            dropped = c.execute("select action, count(*) from tidegate_drop_partitions_before('ticks', "
+                                "'2026-10-03 12:00+00') group by 1 order by 1").fetchall()
+            assert dropped == [("deleted", 1), ("dropped", 2)]
+        wait_for_rewrites(rewriting_proxy, name)
+        sql = ("SELECT time_bucket('1 hour', ts), max(price), count(*) FROM ticks WHERE symbol = 'AAA' "
+               "AND ts >= '2026-10-01' AND ts < '2026-10-05' GROUP BY 1 ORDER BY 1")
+        with psycopg.connect(h.direct_dsn(db=name), autocommit=True) as direct, \
+                psycopg.connect(rewriting_proxy.dsn(db=name), autocommit=True) as proxied:
+            for _ in range(2):
+                want = direct.execute(sql).fetchall()
+                assert want and min(r[0] for r in want) >= datetime(2026, 10, 3, 12, tzinfo=timezone.utc)
+                assert proxied.execute(sql).fetchall() == want
+                direct.execute("select tidegate_refresh_bars()")
+    finally:
+        with superuser() as c:
+            c.execute(f'drop database if exists "{name}" with (force)')
