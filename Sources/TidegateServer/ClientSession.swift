@@ -827,7 +827,6 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         } else {
             self.statements[parse.statementName] = Statement(info: info)
         }
-        if info.rewritten { self.shard.rewrites += 1 }
         if server.touchPrepared(info.serverName) {
             var buffer = ByteBuffer()
             BackendEncoder.simple(&buffer, .parseComplete)
@@ -847,6 +846,8 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         if let info = self.lookup(bind.statementName) {
             self.ensurePrepared(info, on: server)
             server.write(FrontendMessage.rewriteBind(frame, bind, statementName: info.serverName).raw)
+            // Rewritten executions are counted here: a statement is parsed once and bound many times.
+            if info.rewritten { self.shard.rewrites += 1 }
             self.currentClass = info.statementClass
             self.noteEffect(info.effect, portal: bind.portalName)
         } else {

@@ -30,7 +30,8 @@ final class LoopShard: @unchecked Sendable {
     private(set) var rollupSchema: RollupSchema?
     /// Rewritten texts by the client's text (nil: left unchanged).
     private var rewriteMemo: [ByteBuffer: ByteBuffer?] = [:]
-    /// Statements sent rewritten to a rollup.
+    /// Rewritten statements sent: each simple query and each Bind of a rewritten prepared statement (a Parse
+    /// when its Binds are not tracked, as in session pooling).
     var rewrites = 0
     /// Whether the configuration has several nodes (read on the hot path, so kept apart).
     private(set) var routes = false

@@ -16,10 +16,8 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
-import yaml
 
 import tgharness as h
-from test_migrate import migrate, superuser
 
 GENERATOR = h.REPO / "loadtest" / "gen-market-data"
 NEW_YORK = ZoneInfo("America/New_York")
@@ -119,20 +117,11 @@ def test_unreachable_database_is_one_line_and_exit_2():
 @pytest.fixture(scope="module")
 def scratch(lab: None, tmp_path_factory: pytest.TempPathFactory):
     """Two scratch databases: (migrated, empty)."""
-    config = tmp_path_factory.mktemp("gen") / "tidegate.yaml"
-    config.write_text(yaml.safe_dump(h.tidegate_config(h.allocate_port("pg"), 0), sort_keys=False))
-    names = [h.unique_name("tg_it_gen"), h.unique_name("tg_it_gen_empty")]
-    with superuser() as c:
-        for name in names:
-            c.execute(f'create database "{name}" owner tidegate')
-    try:
-        r = migrate(config, names[0])
+    config = h.write_tidegate_config(tmp_path_factory.mktemp("gen"))
+    with h.scratch_database("tg_it_gen") as migrated, h.scratch_database("tg_it_gen_empty") as empty:
+        r = h.run_migrate(config, migrated)
         assert r.returncode == 0, r.stderr
-        yield names[0], names[1]
-    finally:
-        with superuser() as c:
-            for name in names:
-                c.execute(f'drop database if exists "{name}" with (force)')
+        yield migrated, empty
 
 
 def dsn(db: str) -> str:

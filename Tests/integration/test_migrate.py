@@ -10,7 +10,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import yaml
 
 import tgharness as h
 
@@ -20,36 +19,22 @@ MIGRATIONS = h.REPO / "migrations"
 LOCK_KEY = 7233884151
 
 
-def superuser() -> psycopg.Connection:
-    return psycopg.connect(h.make_dsn(h.HOST, h.PRIMARY_PORT, "postgres", "postgres"), autocommit=True)
+superuser = h.superuser
 
 
 @pytest.fixture
 def scratch_db(lab: None):
-    name = h.unique_name("tg_it_mig")
-    with superuser() as c:
-        c.execute(f'create database "{name}" owner tidegate')
-    try:
+    with h.scratch_database("tg_it_mig") as name:
         yield name
-    finally:
-        with superuser() as c:
-            c.execute(f'drop database if exists "{name}" with (force)')
 
 
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tidegate.yaml"
-    path.write_text(yaml.safe_dump(h.tidegate_config(h.allocate_port("pg"), 0), sort_keys=False))
-    return path
+    return h.write_tidegate_config(tmp_path)
 
 
 def migrate(config: Path, db: str, *args: str, directory: Path = MIGRATIONS) -> subprocess.CompletedProcess:
-    binary = h.tidegate_binary()
-    if not binary.exists():
-        pytest.skip(f"Tidegate binary not found at {binary} (swift build)")
-    return subprocess.run([str(binary), "migrate", "--config", str(config), "--database", db, "--dir",
-                           str(directory), *args], capture_output=True, text=True, timeout=120,
-                          env=h._child_env())
+    return h.run_migrate(config, db, *args, directory=directory)
 
 
 def db_conn(db: str) -> psycopg.Connection:

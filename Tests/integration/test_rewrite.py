@@ -10,15 +10,13 @@ its own with `relations.ticks.rewrite: true`."""
 from __future__ import annotations
 
 import random
+import threading
 import re
-import subprocess
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import psycopg
 import pytest
-import yaml
 
 import tgharness as h
 
@@ -35,10 +33,6 @@ EXPECTED_ROLLUP = {"1 minute": "bars_1m", "2 minutes": "bars_1m", "5 minutes": "
                    "1 day": "bars_1d", "1 week": "bars_1d"}
 AGGREGATES = ["first(price, ts)", "last(price, ts)", "max(price)", "min(price)", "sum(size)",
               "count(*)", "avg(size)", "count(price)"]
-
-
-def superuser() -> psycopg.Connection:
-    return psycopg.connect(h.make_dsn(h.HOST, h.PRIMARY_PORT, "postgres", "postgres"), autocommit=True)
 
 
 def make_ticks(rng: random.Random, count: int, start: datetime, seconds: int, trade_base: int) -> list[tuple]:
@@ -64,18 +58,8 @@ def copy_ticks(conn: psycopg.Connection, rows: list[tuple]) -> None:
 
 @pytest.fixture(scope="module")
 def rewrite_db(lab: None, tmp_path_factory: pytest.TempPathFactory):
-    binary = h.tidegate_binary()
-    if not binary.exists():
-        pytest.skip(f"Tidegate binary not found at {binary} (swift build)")
-    name = h.unique_name("tg_it_rw")
-    with superuser() as c:
-        c.execute(f'create database "{name}" owner tidegate')
-    config = tmp_path_factory.mktemp("rw") / "migrate.yaml"
-    config.write_text(yaml.safe_dump(h.tidegate_config(h.allocate_port("pg"), 0), sort_keys=False))
-    try:
-        done = subprocess.run([str(binary), "migrate", "--config", str(config), "--database", name, "--dir",
-                               str(h.REPO / "migrations")], capture_output=True, text=True, timeout=120,
-                              env=h._child_env())
+    with h.scratch_database("tg_it_rw") as name:
+        done = h.run_migrate(h.write_tidegate_config(tmp_path_factory.mktemp("rw")), name)
         assert done.returncode == 0, done.stderr
         rng = random.Random(20261202)
         with psycopg.connect(h.direct_dsn(db=name), autocommit=True) as c:
@@ -83,9 +67,6 @@ def rewrite_db(lab: None, tmp_path_factory: pytest.TempPathFactory):
             copy_ticks(c, make_ticks(rng, 60_000, START, DAYS * 86400, 0))
             c.execute("select tidegate_refresh_bars()")
         yield name
-    finally:
-        with superuser() as c:
-            c.execute(f'drop database if exists "{name}" with (force)')
 
 
 @pytest.fixture(scope="module")
@@ -283,10 +264,7 @@ def test_rollups_serve_the_materialized_part(rewriting_proxy, rewrite_db):
 
 
 def test_a_database_without_the_rollups_is_not_rewritten(rewriting_proxy, lab):
-    name = h.unique_name("tg_it_rw_plain")
-    with superuser() as c:
-        c.execute(f'create database "{name}" owner tidegate')
-    try:
+    with h.scratch_database("tg_it_rw_plain") as name:
         with psycopg.connect(h.direct_dsn(db=name), autocommit=True) as c:
             c.execute("CREATE FUNCTION time_bucket(w interval, t timestamptz) RETURNS timestamptz LANGUAGE sql "
                       "IMMUTABLE AS $$ SELECT to_timestamp(floor(extract(epoch FROM t) / extract(epoch FROM w)) "
@@ -301,9 +279,6 @@ def test_a_database_without_the_rollups_is_not_rewritten(rewriting_proxy, lab):
                 assert [tuple(r[1:]) for r in got] == [(3, 3)]
                 time.sleep(0.02)
             assert rewrites(rewriting_proxy) == before
-    finally:
-        with superuser() as c:
-            c.execute(f'drop database if exists "{name}" with (force)')
 
 
 def test_explain_rewrite_says_why_not(rewriting_proxy):
@@ -318,15 +293,8 @@ def test_explain_rewrite_says_why_not(rewriting_proxy):
 def test_retention_takes_the_bars_of_dropped_ticks_along(rewriting_proxy, lab, tmp_path):
     """Retention drops old tick partitions and deletes old DEFAULT-partition rows; the rewrite must
     not answer from bars whose ticks are gone (before or after the next refresh)."""
-    name = h.unique_name("tg_it_rw_ret")
-    with superuser() as c:
-        c.execute(f'create database "{name}" owner tidegate')
-    try:
-        config = tmp_path / "migrate.yaml"
-        config.write_text(yaml.safe_dump(h.tidegate_config(h.allocate_port("pg"), 0), sort_keys=False))
-        done = subprocess.run([str(h.tidegate_binary()), "migrate", "--config", str(config), "--database", name,
-                               "--dir", str(h.REPO / "migrations")], capture_output=True, text=True, timeout=120,
-                              env=h._child_env())
+    with h.scratch_database("tg_it_rw_ret") as name:
+        done = h.run_migrate(h.write_tidegate_config(tmp_path), name)
         assert done.returncode == 0, done.stderr
         with psycopg.connect(h.direct_dsn(db=name), autocommit=True) as c:
             c.execute("select tidegate_ensure_partitions('ticks', '2026-10-01', 2)")
@@ -347,6 +315,60 @@ def test_retention_takes_the_bars_of_dropped_ticks_along(rewriting_proxy, lab, t
                 assert want and min(r[0] for r in want) >= datetime(2026, 10, 3, 12, tzinfo=timezone.utc)
                 assert proxied.execute(sql).fetchall() == want
                 direct.execute("select tidegate_refresh_bars()")
+
+
+def test_rewritten_reads_agree_with_raw_reads_while_ticks_arrive_and_refreshes_run(rewriting_proxy, rewrite_db):
+    """A writer inserts late ticks into the materialized past and refreshes the rollups, over and over,
+    while readers through Tidegate run the rewritten aggregate and the same aggregate in a form the
+    rewrite leaves alone (an extra condition on size), both in one REPEATABLE READ transaction: one
+    snapshot, so they must agree every time, whatever the writer was doing."""
+    wait_for_rewrites(rewriting_proxy, rewrite_db)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    writes = [0]
+
+    def writer() -> None:
+        rng = random.Random(99)
+        try:
+            with psycopg.connect(h.direct_dsn(db=rewrite_db), autocommit=True) as c:
+                while not stop.is_set():
+                    start = START + timedelta(hours=rng.randrange(DAYS * 24))
+                    copy_ticks(c, make_ticks(rng, 50, start, 3600, 50_000_000 + writes[0] * 100))
+                    writes[0] += 1
+                    if writes[0] % 3 == 0:
+                        c.execute("SELECT tidegate_refresh_bars()")
+        except BaseException as e:  # noqa: BLE001 - reported by the test below
+            errors.append(e)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    before = rewrites(rewriting_proxy)
+    thread.start()
+    rng = random.Random(5)
+    disagreements = []
+    compared = 0
+    try:
+        with psycopg.connect(rewriting_proxy.dsn(db=rewrite_db)) as c:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and compared < 300:
+                width = rng.choice(["5 minutes", "1 hour", "1 day"])
+                symbol = rng.choice(SYMBOLS)
+                lo = START + timedelta(seconds=rng.randrange(DAYS * 86400))
+                hi = lo + timedelta(hours=rng.choice([1, 6, 30]))
+                rewritten = (f"SELECT time_bucket('{width}', ts), first(price, ts), max(price), min(price), "
+                             f"last(price, ts), sum(size), count(*) FROM ticks WHERE symbol = %s "
+                             f"AND ts >= %s AND ts < %s GROUP BY 1 ORDER BY 1")
+                raw = rewritten.replace("AND ts >= %s", "AND size >= 0 AND ts >= %s")
+                c.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                got = repr(c.execute(rewritten, (symbol, lo, hi)).fetchall())
+                want = repr(c.execute(raw, (symbol, lo, hi)).fetchall())
+                c.execute("COMMIT")
+                compared += 1
+                if got != want:
+                    disagreements.append((width, symbol, lo, hi))
     finally:
-        with superuser() as c:
-            c.execute(f'drop database if exists "{name}" with (force)')
+        stop.set()
+        thread.join(timeout=30)
+    assert not errors, errors
+    assert writes[0] >= 3, "the writer barely ran; the test proved nothing"
+    assert compared >= 50 and not disagreements, (compared, disagreements[:3])
+    assert rewrites(rewriting_proxy) - before >= compared

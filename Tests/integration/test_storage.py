@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -22,43 +21,27 @@ pytestmark = pytest.mark.requires_tidegate("tidegate policies, maintenance job, 
 MIGRATIONS = h.REPO / "migrations"
 
 
-def superuser() -> psycopg.Connection:
-    return psycopg.connect(h.make_dsn(h.HOST, h.PRIMARY_PORT, "postgres", "postgres"), autocommit=True)
+superuser = h.superuser
+run_tidegate = h.run_tidegate
 
 
 def db_conn(db: str) -> psycopg.Connection:
     return psycopg.connect(h.direct_dsn(db=db), autocommit=True)
 
 
-def run_tidegate(*args: str) -> subprocess.CompletedProcess:
-    binary = h.tidegate_binary()
-    if not binary.exists():
-        pytest.skip(f"Tidegate binary not found at {binary} (swift build)")
-    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=120, env=h._child_env())
-
-
 def write_config(tmp_path: Path, overrides: dict[str, Any]) -> Path:
-    path = tmp_path / "tidegate.yaml"
-    path.write_text(yaml.safe_dump(h.tidegate_config(h.allocate_port("pg"), 0, overrides), sort_keys=False))
-    return path
+    return h.write_tidegate_config(tmp_path, overrides)
 
 
 @pytest.fixture
 def empty_db(lab: None):
-    name = h.unique_name("tg_it_sto")
-    with superuser() as c:
-        c.execute(f'create database "{name}" owner tidegate')
-    try:
+    with h.scratch_database("tg_it_sto") as name:
         yield name
-    finally:
-        with superuser() as c:
-            c.execute(f'drop database if exists "{name}" with (force)')
 
 
 @pytest.fixture
 def market_db(empty_db: str, tmp_path: Path) -> str:
-    config = write_config(tmp_path, {})
-    r = run_tidegate("migrate", "--config", str(config), "--database", empty_db, "--dir", str(MIGRATIONS))
+    r = h.run_migrate(write_config(tmp_path, {}), empty_db)
     assert r.returncode == 0, r.stderr
     return empty_db
 

@@ -14,6 +14,7 @@ Contents:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import math
@@ -28,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import psycopg
 import pytest
@@ -1036,6 +1037,51 @@ def run_threads(n: int, target: Callable[[int], None], timeout: float) -> list[B
 
 def unique_name(prefix: str = "tg_it") -> str:
     return f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+
+
+# --------------------------------------------------------------------------------------------
+# Scratch databases and the tidegate command line
+
+
+def superuser() -> psycopg.Connection:
+    """The lab primary as its superuser (trust on loopback), autocommit."""
+    return psycopg.connect(make_dsn(HOST, PRIMARY_PORT, "postgres", "postgres"), autocommit=True)
+
+
+@contextlib.contextmanager
+def scratch_database(prefix: str = "tg_it_db") -> Iterator[str]:
+    """A database on the lab primary owned by `tidegate`, dropped (with force) afterwards."""
+    name = unique_name(prefix)
+    with superuser() as c:
+        c.execute(f'create database "{name}" owner tidegate')
+    try:
+        yield name
+    finally:
+        with superuser() as c:
+            c.execute(f'drop database if exists "{name}" with (force)')
+
+
+def write_tidegate_config(directory: Path, overrides: dict[str, Any] | None = None) -> Path:
+    """The suite's single-node config (with overrides) as a file, for the command-line tools."""
+    import yaml  # type: ignore
+
+    path = directory / "tidegate.yaml"
+    path.write_text(yaml.safe_dump(tidegate_config(allocate_port("pg"), 0, overrides), sort_keys=False))
+    return path
+
+
+def run_tidegate(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Runs the tidegate binary (skips the test when it is not built)."""
+    binary = tidegate_binary()
+    if not binary.exists():
+        pytest.skip(f"Tidegate binary not found at {binary} (swift build)")
+    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=timeout, env=_child_env())
+
+
+def run_migrate(config: Path, db: str, *args: str, directory: Path | None = None) -> subprocess.CompletedProcess:
+    """`tidegate migrate` of `db` with the repository's migrations (or `directory`)."""
+    return run_tidegate("migrate", "--config", str(config), "--database", db, "--dir",
+                        str(directory or REPO / "migrations"), *args)
 
 
 def lab_primary_up() -> bool:
