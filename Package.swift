@@ -62,11 +62,21 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "Cache",
+            dependencies: [
+                "CHiredis",
+                "Topology",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "TidegateServer",
             dependencies: [
                 "PostgresWire",
                 "SQLAnalysis",
                 "Topology",
+                "Cache",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -102,6 +112,15 @@ let package = Package(
                 "PostgresWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "CacheTests",
+            dependencies: [
+                "Cache",
+                "Topology",
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
