@@ -65,8 +65,10 @@ let package = Package(
             name: "Cache",
             dependencies: [
                 "CHiredis",
+                "SQLAnalysis",
                 "Topology",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
             ],
             swiftSettings: swiftSettings
         ),

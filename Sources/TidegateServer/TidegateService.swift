@@ -31,6 +31,30 @@ public final class TidegateService: Service, Sendable {
 
     public func run() async throws {
         let config = self.runtime.config
+        var cacheTier: CacheTier?
+        if config.cache.enabled {
+            let cache = config.cache
+            var settings = RedisClient.Settings()
+            settings.host = cache.redisHost
+            settings.port = cache.redisPort
+            settings.password = cache.redisPassword.isEmpty ? nil : cache.redisPassword
+            settings.database = cache.redisDatabase
+            settings.connections = cache.redisConnections
+            settings.connectTimeoutMs = cache.redisConnectTimeoutMs
+            settings.commandTimeoutMs = cache.redisCommandTimeoutMs
+            let logger = self.logger
+            let redis = RedisClient(
+                settings: settings, group: self.group, logger: logger,
+                onAvailabilityChange: { up in
+                    if up {
+                        logger.info("cache: Redis reachable", metadata: ["redis": "\(cache.redisHost):\(cache.redisPort)"])
+                    } else {
+                        logger.warning("cache: Redis unreachable; reads bypass the cache", metadata: ["redis": "\(cache.redisHost):\(cache.redisPort)"])
+                    }
+                })
+            cacheTier = CacheTier(settings: cache, relations: Array(config.relations.values), redis: redis, logger: logger)
+            self.runtime.cacheTier = cacheTier
+        }
         for loop in self.group.makeIterator() {
             let runtime = self.runtime
             let logger = self.logger
@@ -48,6 +72,14 @@ public final class TidegateService: Service, Sendable {
                 let checker = HealthChecker(loop: first.loop, runtime: runtime, logger: logger)
                 first.shard.value.healthChecker = checker
                 checker.start()
+                if let tier = runtime.cacheTier {
+                    let metrics = runtime.metrics
+                    let task = first.loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+                        tier.housekeeping(on: first.loop)
+                        tier.publish(to: metrics)
+                    }
+                    first.shard.value.cacheHousekeeping = task
+                }
             }.get()
         }
         let sslContext: NIOSSLContext?
@@ -124,6 +156,7 @@ public final class TidegateService: Service, Sendable {
         }
         try? await http?.close()
         await self.drain()
+        try? await cacheTier?.redis.shutdown().get()
         try await self.group.shutdownGracefully()
     }
 
