@@ -142,6 +142,8 @@ let package = Package(
                 "TidegateServer",
                 "PostgresWire",
                 "SQLAnalysis",
+                "Cache",
+                "Topology",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
