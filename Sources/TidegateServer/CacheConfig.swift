@@ -56,7 +56,9 @@ extension TidegateConfig {
         public var user = ""
         public var publication = "tidegate"
         public var slotPrefix = "tidegate"
-        public var statusIntervalMs = 100
+        /// Standby status updates (each asks for a keepalive, which moves the applied position when the
+        /// tracked tables are quiet): how long a write through Tidegate waits for its commit at most.
+        public var statusIntervalMs = 20
     }
 
     static func readCache(_ fields: ConfigFields, layout: Layout, into config: inout TidegateConfig) {

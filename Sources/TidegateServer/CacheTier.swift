@@ -324,6 +324,19 @@ final class CacheTier: @unchecked Sendable {
         }
     }
 
+    /// The writes of one transaction seen by the replication listener (or committed by the batcher): the
+    /// exact (instrument, bucket) tags of its rows, the epochs of relations whose rows are unknown.
+    func apply(_ commit: ReplicationCommit, database: String, on loop: any EventLoop) -> EventLoopFuture<Void> {
+        var tags = Set<String>()
+        for row in commit.rows {
+            self.tags.writeTags(database: database, relation: row.relation, instant: row.instant, instrument: row.instrument, into: &tags)
+        }
+        for relation in commit.wholeRelations where self.tags.relations[relation] != nil {
+            tags.insert(self.tags.epochKey(database: database, relation: relation))
+        }
+        return self.invalidate(tags, lsn: commit.endLSN, on: loop)
+    }
+
     /// Invalidates everything at once (CACHE FLUSH, a listener that restarted, lost invalidations).
     func replaceGeneration(on loop: any EventLoop) -> EventLoopFuture<Void> {
         self.l1.removeAll()
@@ -355,6 +368,31 @@ final class CacheTier: @unchecked Sendable {
                 self.logger.notice("cache generation replaced after lost invalidations; hits resume")
             }
         }
+    }
+
+    /// The replication listeners' applied positions, by database (set once at start).
+    private let listenerPositions = NIOLockedValueBox<[String: @Sendable () -> LSN?]>([:])
+
+    func registerListener(database: String, position: @escaping @Sendable () -> LSN?) {
+        self.listenerPositions.withLockedValue { $0[database] = position }
+    }
+
+    /// Succeeds with true once the listener of `database` has applied the invalidations of everything up to
+    /// `lsn` (it then moved the exact tags of the rows written); false when there is no listener or it does
+    /// not get there within `cache.listener.max_lag_ms`.
+    func waitForListener(database: String, lsn: LSN, on loop: any EventLoop) -> EventLoopFuture<Bool> {
+        guard let position = self.listenerPositions.withLockedValue({ $0[database] }) else {
+            return loop.makeSucceededFuture(false)
+        }
+        let promise = loop.makePromise(of: Bool.self)
+        let deadline = NIODeadline.now() + .milliseconds(Int64(self.settings.listener.maxLagMs))
+        func check() {
+            if let applied = position(), applied >= lsn { return promise.succeed(true) }
+            if NIODeadline.now() >= deadline { return promise.succeed(false) }
+            loop.scheduleTask(in: .milliseconds(1)) { check() }
+        }
+        check()
+        return promise.futureResult
     }
 
     func setListenerLag(database: String, lagMs: Int64?) {

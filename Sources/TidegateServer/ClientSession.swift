@@ -1969,6 +1969,9 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 for frame in frames { self.handleReadyFrame(frame) }
             }
             self.drainCacheQueue()
+            // Outside channelRead nothing else flushes what was just written.
+            self.server?.flush()
+            self.context?.flush()
         }
     }
 
@@ -2048,7 +2051,11 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         let primary = self.shard.topology.primary
         self.shard.commitProbe.position(config: self.config, primary: primary).flatMap { lsn -> EventLoopFuture<Void> in
             if self.config.routing.readYourWrites == .session { self.writeLSN = max(self.writeLSN ?? lsn, lsn) }
-            return tier.invalidate(tags, lsn: lsn, on: loop)
+            // The replication listener moves the exact tags of the rows written; only without it (or when it
+            // is too slow) do the relations' epochs move, invalidating all their entries.
+            return tier.waitForListener(database: database, lsn: lsn, on: loop).flatMap { seen in
+                seen ? loop.makeSucceededVoidFuture() : tier.invalidate(tags, lsn: lsn, on: loop)
+            }
         }.flatMapError { error -> EventLoopFuture<Void> in
             // Without the commit's position a replica's fill could not be checked against it: invalidate all.
             self.logger.warning("no WAL position after a write; replacing the cache generation", metadata: ["error": "\(error)"])

@@ -47,7 +47,9 @@ final class LoopShard: @unchecked Sendable {
     var cacheHits = 0
     lazy var commitProbe = CommitLSNProbe(loop: self.loop, logger: self.logger)
     /// The cache's once-a-second work (on the first loop only).
-    var cacheHousekeeping: RepeatedTask?
+    var cacheHousekeeping: [RepeatedTask] = []
+    /// The replication listeners by database (on the first loop only).
+    var cacheListeners: [(String, ReplicationListener)] = []
     /// Whether the configuration has several nodes (read on the hot path, so kept apart).
     private(set) var routes = false
     private var maintenance: RepeatedTask?
@@ -336,7 +338,7 @@ final class LoopShard: @unchecked Sendable {
     func stop() {
         self.maintenance?.cancel()
         self.commitProbe.close()
-        self.cacheHousekeeping?.cancel()
+        for task in self.cacheHousekeeping { task.cancel() }
         self.healthChecker?.stop()
         for pool in self.pools.values { pool.closeAll() }
     }

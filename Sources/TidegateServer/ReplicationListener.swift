@@ -101,6 +101,9 @@ final class ReplicationListener: @unchecked Sendable {
 
     var status: Status { self.machine.withLockedValue { $0.status } }
 
+    /// How far every commit's invalidations are applied (nil while not streaming).
+    var appliedLSN: LSN? { self.machine.withLockedValue { $0.status.phase == .connected ? $0.status.appliedLSN : nil } }
+
     func start() {
         self.loop.execute { self.connect() }
     }

@@ -55,6 +55,11 @@ struct ReplicationStateMachine {
     private var pending = Deque<ReplicationCommit>()
     private var applying: ReplicationCommit?
     private var serverEnd: (lsn: LSN, at: NIODeadline)?
+    /// Keepalives not yet covered by what is applied, oldest first. Under a steady stream of commits a
+    /// newer keepalive always arrives before the older one is reached; each is kept until it is, so the
+    /// lag is the age of the newest keepalive covered, not the time since the stream last paused.
+    private var keepalives = Deque<(lsn: LSN, at: NIODeadline)>()
+    static let keepaliveLimit = 1_024
     private var lastReceived: NIODeadline
     /// The last moment everything the server had sent was known to be applied (start: the listener's start).
     private(set) var caughtUpAt: NIODeadline
@@ -127,6 +132,8 @@ struct ReplicationStateMachine {
         case .primaryKeepalive(let walEnd, _, let replyRequested):
             let end = LSN(walEnd)
             self.serverEnd = (end, now)
+            if self.keepalives.count >= Self.keepaliveLimit { self.keepalives.removeFirst() }
+            self.keepalives.append((end, now))
             self.status.serverWALEnd = end
             // Everything the walsender decoded before this keepalive was sent before it; with nothing of it
             // waiting here, it is all applied.
@@ -175,6 +182,7 @@ struct ReplicationStateMachine {
         self.pending.removeAll()
         self.applying = nil
         self.serverEnd = nil
+        self.keepalives.removeAll()
         self.status.appliedLSN = nil
         self.status.serverWALEnd = nil
     }
@@ -202,11 +210,11 @@ struct ReplicationStateMachine {
 
     private mutating func advance(to lsn: LSN) {
         if self.status.appliedLSN.map({ $0 < lsn }) ?? true { self.status.appliedLSN = lsn }
-        // Caught up as of the last keepalive: measured when it arrived.
-        if let serverEnd = self.serverEnd, let applied = self.status.appliedLSN, applied >= serverEnd.lsn,
-            serverEnd.at > self.caughtUpAt
-        {
-            self.caughtUpAt = serverEnd.at
+        // Caught up as of each keepalive now covered: measured when it arrived.
+        guard let applied = self.status.appliedLSN else { return }
+        while let first = self.keepalives.first, first.lsn <= applied {
+            self.keepalives.removeFirst()
+            if first.at > self.caughtUpAt { self.caughtUpAt = first.at }
         }
     }
 }

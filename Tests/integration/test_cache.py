@@ -87,6 +87,20 @@ def day_range(day: int, start_minute: int = 0, minutes: int = 24 * 60) -> tuple[
     return lo, lo + timedelta(minutes=minutes)
 
 
+def warm_up(proxy: h.Proxy, conn: psycopg.Connection) -> None:
+    """Waits until the database's function catalog has loaded (the first statements calling functions
+    are not cached while it loads)."""
+    deadline = time.monotonic() + 10
+    probe = "SELECT max(price) FROM ticks WHERE symbol = 'AAPL' AND ts >= '2026-11-02Z' AND ts < '2026-11-02 00:05Z'"
+    while True:
+        before = cache_stats(proxy)
+        conn.execute(probe).fetchall()
+        if int(cache_stats(proxy)["bypasses"]) == int(before["bypasses"]):
+            return
+        assert time.monotonic() < deadline, "the function catalog never loaded"
+        time.sleep(0.05)
+
+
 def fetch(conn: psycopg.Connection, sql: str, params=None, prepare: bool | None = None):
     cur = conn.execute(sql, params, prepare=prepare)
     description = [(d.name, d.type_code) for d in cur.description] if cur.description else None
@@ -99,6 +113,9 @@ def test_repeat_reads_hit_and_replay_the_same_reply(cached: h.Proxy, cache_db: s
             psycopg.connect(cached.dsn(db=cache_db), autocommit=True, prepare_threshold=h.NEVER_AUTO_PREPARE) as c:
         expected = fetch(direct, OHLCV, ("AAPL", lo, hi))
         assert expected[1], "the sample data has ticks on day 0"
+        # The first statement calling functions loads the database's function catalog; until then the
+        # cache cannot tell its functions are safe and leaves it alone.
+        warm_up(cached, c)
         for mode in (False, True):  # extended protocol, unprepared (Parse each time) and prepared
             before = cache_stats(cached)
             results = [fetch(c, OHLCV, ("AAPL", lo, hi), prepare=mode) for _ in range(5)]

@@ -77,11 +77,12 @@ def fresh_db(lab: None, tmp_path_factory: pytest.TempPathFactory):
         yield name
 
 
-def test_replies_include_every_acknowledged_write(module_tidegate, fresh_db: str):
+def test_replies_include_every_acknowledged_write(fresh_db: str, module_tidegate):
     proxy = module_tidegate({
         "cache.enabled": True, "cache.redis.host": h.HOST, "cache.redis.port": h.REDIS_PORT,
         "cache.key_prefix": h.unique_name("tgf") + ":", "cache.listener.enabled": True,
         "cache.listener.databases": [fresh_db], "cache.listener.max_lag_ms": LISTENER_BOUND_MS,
+        "cache.redis.command_timeout_ms": 250,
         "relations.ticks.rewrite": False, "storage.maintenance_interval_ms": 0,
     }, name="cache-fresh")
     log = Log()
