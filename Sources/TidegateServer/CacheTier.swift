@@ -219,6 +219,17 @@ final class CacheTier: @unchecked Sendable {
             }
         }
         promise.succeed(nil)
+        // A fill that completed while this lookup was out: its entry is in the L1 now.
+        if let entry = self.l1.get(digest, nowMillis: now), entry.material == ticket.plan.key.material,
+            entry.generation == ticket.generation, entry.versions == ticket.versions
+        {
+            let waiters = self.state.withLockedValue { state in
+                state.singleFlightWaits += 1
+                return state.flights.removeValue(forKey: digest)?.waiters ?? []
+            }
+            for waiter in waiters { waiter.promise.succeed(entry.reply) }
+            return loop.makeSucceededFuture(.hit(entry.reply))
+        }
         let lock = RedisCommand(
             "SET", self.lockKey(digest), self.instanceID, "NX", "PX", String(self.settings.fillLockMs))
         return self.redis.pipeline([lock], on: loop).flatMap { replies -> EventLoopFuture<CacheLookup> in

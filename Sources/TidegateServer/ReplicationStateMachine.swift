@@ -147,7 +147,16 @@ struct ReplicationStateMachine {
         self.applying = nil
         self.status.lastCommitLSN = done.endLSN
         self.advance(to: done.endLSN)
-        if let next = self.pending.popFirst() {
+        if var next = self.pending.popFirst() {
+            // Everything that queued up during the last apply goes as one: one Redis round trip for many
+            // commits keeps the listener ahead of a busy primary.
+            while let more = self.pending.popFirst() {
+                next.rows.append(contentsOf: more.rows)
+                next.wholeRelations.formUnion(more.wholeRelations)
+                next.commitLSN = more.commitLSN
+                next.endLSN = more.endLSN
+                next.commitTime = more.commitTime
+            }
             self.applying = next
             return .apply(next)
         }
@@ -164,6 +173,8 @@ struct ReplicationStateMachine {
     /// unless the server has been silent too long.
     mutating func statusTick(now: NIODeadline) -> Action {
         guard self.status.phase == .connected else { return .none }
+        // Not reading (backpressure) is not the server's silence.
+        if !self.wantsReading { self.lastReceived = now }
         if now - self.lastReceived > self.silenceLimit {
             return .fail("no message from the server for \(self.silenceLimit.nanoseconds / 1_000_000) ms")
         }

@@ -279,6 +279,7 @@ def test_concurrent_misses_send_one_query(cached: h.Proxy, cache_db: str):
     """Single flight: 16 clients ask for the same uncached result at once; the server runs it once."""
     read = "SELECT count(*), max(price) FROM ticks WHERE symbol = 'MSFT' AND ts >= '2026-11-02 03:00Z' AND ts < '2026-11-03 03:00Z'"
     conns = [psycopg.connect(cached.dsn(db=cache_db), autocommit=True) for _ in range(16)]
+    warm_up(cached, conns[0])
     with psycopg.connect(h.direct_dsn(db=cache_db), autocommit=True) as direct:
         def scans() -> int:
             return direct.execute("select coalesce(sum(seq_scan + coalesce(idx_scan, 0)), 0) from pg_stat_user_tables where relname like 'ticks%%'").fetchone()[0]
@@ -376,3 +377,36 @@ def test_redis_stopped_mid_load_costs_no_query(module_tidegate, cache_db: str, t
     stats = cache_stats(proxy)
     assert int(stats["bypasses"]) > 0
     assert int(stats["hits"]) > hits_before, "no hits after Redis came back"
+
+
+def test_max_staleness_hint_accepts_a_recent_entry_after_a_write(cached: h.Proxy, cache_db: str):
+    hinted = ("/* tidegate: max_staleness=30s */ SELECT count(*) FROM ticks WHERE symbol = 'AAPL' "
+              "AND ts >= '2026-11-03 05:00Z' AND ts < '2026-11-03 06:00Z'")
+    plain = hinted.split("*/", 1)[1]
+    with psycopg.connect(cached.dsn(db=cache_db), autocommit=True) as c:
+        warm_up(cached, c)
+        before = c.execute(hinted).fetchone()[0]
+        c.execute(plain).fetchone()
+        c.execute("INSERT INTO ticks (ts, symbol, price, size, exchange, trade_id) VALUES ('2026-11-03 05:30Z', 'AAPL', 1, 1, 'X', 900004)")
+        try:
+            # Opted in: the entry filled a moment ago is still served, without the new row.
+            assert c.execute(hinted).fetchone()[0] == before
+            # Not opted in: the write is there.
+            assert c.execute(plain).fetchone()[0] == before + 1
+        finally:
+            c.execute("DELETE FROM ticks WHERE trade_id = 900004")
+
+
+def test_metrics_show_the_cache(cached: h.Proxy, cache_db: str):
+    with psycopg.connect(cached.dsn(db=cache_db), autocommit=True) as c:
+        for _ in range(3):
+            c.execute("SELECT count(*) FROM ticks WHERE symbol = 'MSFT' AND ts >= '2026-11-03Z' AND ts < '2026-11-03 01:00Z'").fetchone()
+    time.sleep(1.2)  # published once a second
+    status, _, body = h.http_get(cached.http[0], cached.http[1], "/metrics")
+    text = body.decode()
+    assert status == 200
+    for name in ("tidegate_cache_hits_total", "tidegate_cache_misses_total", "tidegate_cache_l1_bytes",
+                 "tidegate_cache_redis_up", "tidegate_cache_hit_duration"):
+        assert name in text, name
+    hits = [line for line in text.splitlines() if line.startswith("tidegate_cache_hits_total")]
+    assert hits and float(hits[0].split()[-1]) >= 2

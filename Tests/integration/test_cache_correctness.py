@@ -13,6 +13,7 @@ TIDEGATE_CACHE_READS sets the number of reads (default 100,000; the issue asks f
 
 from __future__ import annotations
 
+import bisect
 import os
 import random
 import threading
@@ -170,11 +171,14 @@ def test_replies_include_every_acknowledged_write(fresh_db: str, module_tidegate
     by_symbol: dict[str, list[Row]] = {}
     for row in log.rows.values():
         by_symbol.setdefault(row.symbol, []).append(row)
+    for rows in by_symbol.values():
+        rows.sort(key=lambda r: r.ts)
+    keys = {symbol: [r.ts for r in rows] for symbol, rows in by_symbol.items()}
     violations: list[str] = []
     for read in log.reads:
-        for row in by_symbol.get(read.symbol, []):
-            if not (read.lo <= row.ts < read.hi):
-                continue
+        rows = by_symbol.get(read.symbol, [])
+        times = keys.get(read.symbol, [])
+        for row in rows[bisect.bisect_left(times, read.lo):bisect.bisect_left(times, read.hi)]:
             present = row.trade_id in read.trade_ids
             lag = bound if row.bypass else 0.0
             inserted = row.inserted_at > 0 or row.trade_id <= 4_000
