@@ -65,8 +65,10 @@ let package = Package(
             name: "Cache",
             dependencies: [
                 "CHiredis",
+                "SQLAnalysis",
                 "Topology",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -140,6 +142,8 @@ let package = Package(
                 "TidegateServer",
                 "PostgresWire",
                 "SQLAnalysis",
+                "Cache",
+                "Topology",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -31,6 +31,24 @@ public enum FrontendMessage {
         public var restOffset: Int
     }
 
+    /// The rest of a Bind: parameter formats and values, result formats.
+    public struct BindValues: Sendable, Equatable {
+        /// As sent: none (all text), one (for all), or one per parameter.
+        public var parameterFormats: [Int16]
+        /// nil is SQL NULL.
+        public var parameters: [ByteBuffer?]
+        public var resultFormats: [Int16]
+
+        /// Whether parameter `index` (0-based) is in binary format.
+        public func isBinary(_ index: Int) -> Bool {
+            switch self.parameterFormats.count {
+            case 0: return false
+            case 1: return self.parameterFormats[0] == 1
+            default: return index < self.parameterFormats.count && self.parameterFormats[index] == 1
+            }
+        }
+    }
+
     public struct Describe: Sendable, Equatable {
         public var kind: UInt8  // 'S' statement or 'P' portal
         public var name: String
@@ -64,6 +82,35 @@ public enum FrontendMessage {
             throw WireError.malformedMessage("Bind")
         }
         return Bind(portalName: portal, statementName: statement, restOffset: body.readerIndex - start)
+    }
+
+    /// Decodes what follows the names of a Bind; every count and length is checked against the body.
+    public static func bindValues(_ frame: PostgresFrame, _ bind: Bind) throws(WireError) -> BindValues {
+        var body = frame.body
+        body.moveReaderIndex(forwardBy: bind.restOffset)
+        func codes() throws(WireError) -> [Int16] {
+            guard let count = body.readInteger(as: UInt16.self), body.readableBytes >= Int(count) * 2 else {
+                throw WireError.malformedMessage("Bind")
+            }
+            return (0..<count).map { _ in body.readInteger(as: Int16.self)! }
+        }
+        let formats = try codes()
+        guard let count = body.readInteger(as: UInt16.self) else { throw WireError.malformedMessage("Bind") }
+        guard formats.count <= 1 || formats.count == Int(count) else { throw WireError.malformedMessage("Bind") }
+        var parameters: [ByteBuffer?] = []
+        parameters.reserveCapacity(Int(count))
+        for _ in 0..<count {
+            guard let length = body.readInteger(as: Int32.self), length >= -1 else { throw WireError.malformedMessage("Bind") }
+            if length == -1 {
+                parameters.append(nil)
+            } else {
+                guard let value = body.readSlice(length: Int(length)) else { throw WireError.malformedMessage("Bind") }
+                parameters.append(value)
+            }
+        }
+        let results = try codes()
+        guard body.readableBytes == 0 else { throw WireError.malformedMessage("Bind") }
+        return BindValues(parameterFormats: formats, parameters: parameters, resultFormats: results)
     }
 
     public static func describe(_ frame: PostgresFrame) throws(WireError) -> Describe {

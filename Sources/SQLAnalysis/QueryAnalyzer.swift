@@ -10,6 +10,8 @@ public enum StatementKind: String, Sendable, Equatable {
 public struct QueryAnalysis: Sendable, Equatable {
     /// One entry per statement.
     public var kinds: [StatementKind] = []
+    /// The parse node type of each statement (`SelectStmt`, `DoStmt`, `CallStmt`…).
+    public var statementTypes: [String] = []
     /// Relations read and written, as written in the query (`schema.name` when qualified).
     public var relationsRead: Set<String> = []
     public var relationsWritten: Set<String> = []
@@ -59,6 +61,7 @@ public enum QueryAnalyzer {
         for entry in json["stmts"] as? [[String: Any]] ?? [] {
             guard let statement = entry["stmt"] as? [String: Any], let (type, node) = statement.first else { continue }
             walker.analysis.kinds.append(walker.kind(of: type, node as? [String: Any] ?? [:]))
+            walker.analysis.statementTypes.append(type)
             walker.visit(statement, writeTarget: false)
         }
         walker.analysis.relationsRead.subtract(walker.cteNames)

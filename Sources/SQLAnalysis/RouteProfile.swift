@@ -1,12 +1,17 @@
 /// A per-statement routing hint in a leading comment:
 /// `/* tidegate: route=primary */`, `route=replica`, `region=eu-west`, `max_lag=500ms` (several may be
-/// combined, separated by spaces or commas).
+/// combined, separated by spaces or commas). The cache reads `max_staleness=2s` and `cache=off` from
+/// the same comment.
 public struct RoutingHint: Sendable, Equatable {
     public enum Route: String, Sendable { case primary, replica }
 
     public var route: Route?
     public var region: String?
     public var maxLagSeconds: Double?
+    /// Accept a cached result filled less than this long ago even if a write since moved its versions.
+    public var maxStalenessSeconds: Double?
+    /// `cache=off` (false) or `cache=on` (true).
+    public var cache: Bool?
 
     public init(route: Route? = nil, region: String? = nil, maxLagSeconds: Double? = nil) {
         self.route = route
@@ -32,6 +37,13 @@ public struct RoutingHint: Sendable, Equatable {
             case "route": hint.route = Route(rawValue: parts[1].lowercased())
             case "region": hint.region = parts[1].isEmpty ? nil : parts[1]
             case "max_lag": hint.maxLagSeconds = Self.duration(parts[1])
+            case "max_staleness": hint.maxStalenessSeconds = Self.duration(parts[1])
+            case "cache":
+                switch parts[1].lowercased() {
+                case "off", "false", "no": hint.cache = false
+                case "on", "true", "yes": hint.cache = true
+                default: continue
+                }
             default: continue
             }
         }
@@ -109,6 +121,10 @@ public struct FunctionCatalog: Sendable {
     private var volatileNames: Set<String> = []
     /// Names (unqualified and schema-qualified) of every function.
     private var knownNames: Set<String> = []
+    /// Names that are stable (and not volatile) in at least one overload.
+    private var stableNames: Set<String> = []
+    /// Names of built-in functions (schema pg_catalog).
+    private var builtInNames: Set<String> = []
     private let allowList: Set<String>
 
     public init(allowList: some Sequence<String>) {
@@ -121,6 +137,8 @@ public struct FunctionCatalog: Sendable {
         for name in names {
             self.knownNames.insert(name)
             if volatility == "v" { self.volatileNames.insert(name) }
+            if volatility == "s" { self.stableNames.insert(name) }
+            if schema == "pg_catalog" { self.builtInNames.insert(name) }
         }
     }
 
@@ -135,6 +153,29 @@ public struct FunctionCatalog: Sendable {
         let unqualified = function.split(separator: ".").last.map(String.init) ?? function
         if self.allowList.contains(function) || self.allowList.contains(unqualified) { return true }
         return self.knownNames.contains(function) && !self.volatileNames.contains(function)
+    }
+
+    /// Stable built-ins whose result moves with the clock, the session or the catalog rather than only
+    /// with the settings a cache key holds.
+    public static let cacheUnsafeStable: Set<String> = [
+        "now", "statement_timestamp", "transaction_timestamp", "current_setting", "age", "current_query",
+        "to_regclass", "to_regproc", "to_regtype", "to_regnamespace", "to_regrole", "to_regoper", "current_schemas",
+    ]
+
+    /// Whether a cached result of a query calling the function stays right until the relations it reads
+    /// change: immutable functions, stable built-ins that depend only on settings in the key (TimeZone,
+    /// DateStyle…), and the functions in `allowed`. Never a volatile one.
+    public func isCacheSafe(_ function: String, allowed: Set<String>) -> Bool {
+        let unqualified = function.split(separator: ".").last.map(String.init) ?? function
+        if allowed.contains(function) || allowed.contains(unqualified) { return true }
+        guard self.knownNames.contains(function), !self.volatileNames.contains(function) else { return false }
+        guard self.stableNames.contains(function) else { return true }
+        if unqualified.hasPrefix("pg_") || unqualified.hasPrefix("has_") || unqualified.hasPrefix("txid_")
+            || unqualified.hasPrefix("inet_") || Self.cacheUnsafeStable.contains(unqualified)
+        {
+            return false
+        }
+        return self.builtInNames.contains(unqualified)
     }
 }
 

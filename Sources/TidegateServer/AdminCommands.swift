@@ -15,6 +15,7 @@ struct AdminCommands {
         ("SHOW STATS", "queries, transactions, bytes, average query time, statements rewritten to a rollup"),
         ("SHOW CONFIG", "the configuration in force"),
     ] + Self.storageHelp + [
+    ] + Self.cacheHelp + [
         ("SHOW NODES", "each node: region, discovered role, state, replay position, lag, statements in flight"),
         ("SHOW REGIONS", "each region: its nodes, fallback order, primary, replicas up"),
         ("DRAIN node", "send no new work to a node; work in flight finishes"),
@@ -30,6 +31,7 @@ struct AdminCommands {
         let raw = query.split(whereSeparator: { $0.isWhitespace || $0 == ";" }).map(String.init)
         let words = raw.map { $0.uppercased() }
         guard !words.isEmpty else { return .empty }
+        if let result = await self.cache(words, raw: raw, query: query) { return result }
         if words.count >= 2 && words[0] == "EXPLAIN" && words[1] == "REWRITE" {
             return self.explainRewrite(query)
         }
@@ -185,8 +187,8 @@ struct AdminCommands {
     }
 
     private func stats() async throws -> AdminResult {
-        let totals: [(Int, Int, Int64, Int, Int, Int, Int)] = try await self.runtime.gather { shard in
-            (shard.queries, shard.transactions, shard.queryNanos, shard.bytesIn, shard.bytesOut, shard.errors, shard.rewrites)
+        let totals: [(Int, Int, Int64, Int, Int, Int, Int, Int)] = try await self.runtime.gather { shard in
+            (shard.queries, shard.transactions, shard.queryNanos, shard.bytesIn, shard.bytesOut, shard.errors, shard.rewrites, shard.cacheHits)
         }
         let queries = totals.reduce(0) { $0 + $1.0 }
         let transactions = totals.reduce(0) { $0 + $1.1 }
@@ -195,18 +197,19 @@ struct AdminCommands {
         let bytesOut = totals.reduce(0) { $0 + $1.4 }
         let errors = totals.reduce(0) { $0 + $1.5 }
         let rewrites = totals.reduce(0) { $0 + $1.6 }
+        let cacheHits = totals.reduce(0) { $0 + $1.7 }
         let uptime = max(1, (NIODeadline.now() - self.runtime.startedAt).nanoseconds / 1_000_000_000)
         let clients = self.runtime.clientCount.load(ordering: .relaxed)
         let average = queries > 0 ? nanos / Int64(queries) / 1000 : 0
         return .rows(
             columns: [
                 "clients", "queries", "transactions", "errors", "bytes_received", "bytes_sent", "avg_query_us",
-                "queries_per_second", "uptime_seconds", "rollup_rewrites",
+                "queries_per_second", "uptime_seconds", "rollup_rewrites", "cache_hits",
             ],
             rows: [
                 [
                     "\(clients)", "\(queries)", "\(transactions)", "\(errors)", "\(bytesIn)", "\(bytesOut)", "\(average)",
-                    "\(Int64(queries) / uptime)", "\(uptime)", "\(rewrites)",
+                    "\(Int64(queries) / uptime)", "\(uptime)", "\(rewrites)", "\(cacheHits)",
                 ]
             ], tag: "SHOW")
     }
@@ -249,6 +252,7 @@ struct AdminCommands {
             rows.append(["users.\(user.name).admin", user.admin ? "true" : "false"])
         }
         rows += config.storageConfigRows
+        rows += config.cacheConfigRows
         return .rows(columns: ["key", "value"], rows: rows, tag: "SHOW")
     }
 

@@ -1,3 +1,4 @@
+import Cache
 import DequeModule
 import Logging
 import NIOCore
@@ -165,6 +166,25 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     /// Read-your-writes: when this session last wrote, and the primary position known to cover it.
     private var lastWriteAt: NIODeadline?
     private var writeLSN: LSN?
+    // The cache (when `cache.enabled`).
+    /// A lookup is out: client messages wait in `cacheQueue`.
+    private var cacheLookupActive = false
+    private var cacheQueue = Deque<PostgresFrame>()
+    private var cacheQueueBytes = 0
+    /// Extended-protocol messages held until their Sync decides whether the cache can answer them.
+    private var cacheCandidate: [PostgresFrame] = []
+    /// A miss on its way: its ticket, the reply so far, and the topology as it was before it was sent.
+    private var cacheFill: (ticket: FillTicket, capture: ReplyCapture, topology: TopologyView)?
+    /// Cached relations written since the transaction began.
+    private var cacheWrites: Set<String> = []
+    /// Client output held until invalidations have reached Redis.
+    private var ackHold: [ByteBuffer]?
+    private var ackHoldCount = 0
+    /// The session made state a cache key cannot describe (a temporary table, LISTEN, advisory locks…).
+    private var cacheTainted = false
+    private var cachedSettingsKey: (settings: String, parameters: UInt64, key: [UInt8])?
+    /// Passed-through statement names (session pooling) whose text may write a cached relation.
+    private var passthroughWrites: [String: Bool] = [:]
     /// Waiting for the topology to offer a node (failover): until this deadline.
     private var waitDeadline: NIODeadline?
     private var waitTimer: Scheduled<Void>?
@@ -234,6 +254,19 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         self.waitTimer?.cancel()
         self.waitTimer = nil
         self.shard.topologyWaiters.removeValue(forKey: self.id)
+        if let tier = self.shard.cacheTier {
+            if let fill = self.cacheFill {
+                self.cacheFill = nil
+                tier.complete(fill.ticket, reply: nil, refusal: "client went away", on: context.eventLoop)
+            }
+            if !self.cacheWrites.isEmpty {
+                // A write may have committed after the client left: move its relations anyway (the replication
+                // listener sees it too).
+                let tags = Set(self.cacheWrites.map { tier.tags.epochKey(database: self.database, relation: $0) })
+                self.cacheWrites = []
+                _ = tier.invalidate(tags, lsn: self.shard.topology.primaryProbe?.lsn, on: context.eventLoop)
+            }
+        }
         if let server = self.server, let pool = self.pool {
             self.server = nil
             self.routeEnded()
@@ -582,38 +615,44 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 self.context?.close(promise: nil)
                 return
             }
-            if self.server == nil {
-                // A lone Sync needs no server: answer it here.
-                if frame.id == FrontendMessageID.sync.rawValue && self.pending.isEmpty && !self.checkoutInProgress {
-                    self.discardUntilSync = false
-                    var buffer = ByteBuffer()
-                    BackendEncoder.readyForQuery(&buffer, status: self.transactionStatus)
-                    self.context?.write(NIOAny(buffer), promise: nil)
-                    return
-                }
-                if frame.id == FrontendMessageID.flush.rawValue && self.pending.isEmpty { return }
-                // The rest of an extended-protocol request that failed without a server (failover wait).
-                if self.discardUntilSync && self.pending.isEmpty { return }
-                if self.pending.isEmpty && !self.checkoutInProgress && self.waitTimer == nil && !self.shard.routes,
-                    let pool = self.pool, let server = self.takeServerImmediately(pool)
-                {
-                    self.attach(server, route: nil)
-                    self.process(frame)
-                    return
-                }
-                self.enqueue(frame)
-                self.acquireServer()
-                return
-            }
-            if self.holdForReroute {
-                self.enqueue(frame)
-                return
-            }
-            if self.rerouteIfNeeded(frame, queued: false) { return }
-            self.process(frame)
+            if self.shard.cacheTier != nil && self.interceptForCache(frame) { return }
+            self.handleReadyFrame(frame)
         case .startup, .closing:
             break
         }
+    }
+
+    /// A client message of an authenticated session, on its way to a server connection.
+    private func handleReadyFrame(_ frame: PostgresFrame) {
+        if self.server == nil {
+            // A lone Sync needs no server: answer it here.
+            if frame.id == FrontendMessageID.sync.rawValue && self.pending.isEmpty && !self.checkoutInProgress {
+                self.discardUntilSync = false
+                var buffer = ByteBuffer()
+                BackendEncoder.readyForQuery(&buffer, status: self.transactionStatus)
+                self.writeClient(buffer)
+                return
+            }
+            if frame.id == FrontendMessageID.flush.rawValue && self.pending.isEmpty { return }
+            // The rest of an extended-protocol request that failed without a server (failover wait).
+            if self.discardUntilSync && self.pending.isEmpty { return }
+            if self.pending.isEmpty && !self.checkoutInProgress && self.waitTimer == nil && !self.shard.routes,
+                let pool = self.pool, let server = self.takeServerImmediately(pool)
+            {
+                self.attach(server, route: nil)
+                self.process(frame)
+                return
+            }
+            self.enqueue(frame)
+            self.acquireServer()
+            return
+        }
+        if self.holdForReroute {
+            self.enqueue(frame)
+            return
+        }
+        if self.rerouteIfNeeded(frame, queued: false) { return }
+        self.process(frame)
     }
 
     private func enqueue(_ frame: PostgresFrame) {
@@ -644,6 +683,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                     throw WireError.malformedMessage("Query")
                 }
                 let analysis = self.shard.queryAnalysis(queryBytes)
+                self.noteCacheWrites(queryBytes)
                 var rewrite = false
                 for effect in analysis.effects {
                     switch effect {
@@ -674,6 +714,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                     self.expect(.simpleQuery(effects: analysis.effects, next: 0))
                 }
             case .functionCall:
+                self.cacheWrites.formUnion(self.shard.config.cachedRelations.keys)
                 self.startRequest(.utility)
                 server.write(frame.raw)
                 self.expect(.simpleQuery(effects: [], next: 0))
@@ -798,6 +839,9 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 user: self.userName)
             self.currentClass = info.statementClass
             self.noteEffect(info.effect, portal: nil)
+            self.noteCacheWrites(info.clientQuery)
+            self.passthroughWrites[parse.statementName] = self.shard.cacheTier != nil
+                && self.shard.cacheWriteEffect(info.clientQuery, database: self.database, user: self.userName) != .none
             if info.rewritten {
                 self.shard.rewrites += 1
                 var buffer = ByteBuffer()
@@ -848,6 +892,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             server.write(FrontendMessage.rewriteBind(frame, bind, statementName: info.serverName).raw)
             // Rewritten executions are counted here: a statement is parsed once and bound many times.
             if info.rewritten { self.shard.rewrites += 1 }
+            self.noteCacheWrites(info.clientQuery)
             self.currentClass = info.statementClass
             self.noteEffect(info.effect, portal: bind.portalName)
         } else {
@@ -855,6 +900,9 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 // Statement analysis for passthrough names happened at Parse.
             }
             server.write(frame.raw)
+            if self.passthroughWrites[bind.statementName] == true {
+                self.cacheWrites.formUnion(self.shard.config.cachedRelations.keys)
+            }
             self.portals[bind.portalName] = self.portals[bind.portalName] ?? SessionEffect.none
         }
         self.expect(.bind)
@@ -889,6 +937,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     }
 
     private func pin(_ reason: String) {
+        self.cacheTainted = true
         guard self.pinReason == nil, self.mode == .transaction else { return }
         self.pinReason = reason
         self.logger.debug("client pinned to its server connection", metadata: ["reason": "\(reason)"])
@@ -925,6 +974,8 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         if self.retry != nil {
             self.heldBytes += buffer.readableBytes
             self.held.append(buffer)
+        } else if self.ackHold != nil {
+            self.ackHold!.append(buffer)
         } else {
             self.context?.write(NIOAny(buffer), promise: nil)
         }
@@ -983,6 +1034,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 self.shard.errors += 1
                 if let sqlState = try? BackendMessage.errorFields(frame).sqlState { self.runtime.metrics.error(sqlState: sqlState) }
             }
+            if self.cacheFill != nil { self.cacheFill!.capture.add(frame) }
             let end = offset + frame.raw.readableBytes
             if let run = self.run, run.end == offset {
                 self.run = (run.buffer, run.start, end)
@@ -1006,6 +1058,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             switch event {
             case .emit(let buffer):
                 self.flushRun()
+                if self.cacheFill != nil { self.cacheFill!.capture.add(buffer) }
                 self.writeClient(buffer)
             case .parseSucceeded:
                 break
@@ -1017,6 +1070,8 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             case .effectCompleted(let effect, let tag):
                 self.effectCompleted(effect, tag: tag)
             case .readyForQuery(let status):
+                if self.cacheFill != nil { self.finishCacheFill(status) }
+                if status == .idle && !self.cacheWrites.isEmpty { self.invalidateCacheWrites() }
                 self.readyForQuery(status)
             case .copyIn:
                 self.copyIn = true
@@ -1551,8 +1606,11 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             self.held.removeAll()
             return
         }
-        for buffer in self.held { context.write(NIOAny(buffer), promise: nil) }
+        let held = self.held
         self.held.removeAll()
+        for buffer in held {
+            if self.ackHold != nil { self.ackHold!.append(buffer) } else { context.write(NIOAny(buffer), promise: nil) }
+        }
     }
 
     /// The read's node failed before anything reached the client: drop that server connection, put the
@@ -1560,6 +1618,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     private func retryRead(failedNode: String?) {
         guard let window = self.retry else { return }
         self.retry = nil
+        self.cacheFill?.capture.reset()
         self.held.removeAll()
         self.heldBytes = 0
         self.retryAnswered = false
@@ -1670,6 +1729,344 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         // A request that ended while the queue drained (e.g. a synthesized answer) may free the server.
         if !self.pending.isEmpty && self.server == nil { self.acquireServer() }
         self.releaseServerIfDone()
+    }
+
+    // MARK: Cache
+
+    /// Whether a new request may be answered from the cache: nothing is owed, no transaction is open, and
+    /// the session has not made state a key cannot describe (a temporary table, LISTEN…).
+    private var cacheIdle: Bool {
+        self.pending.isEmpty && self.tracker.isIdle && self.transactionStatus == .idle && !self.checkoutInProgress
+            && self.waitTimer == nil && self.retry == nil && !self.copyIn && self.cacheFill == nil && !self.cacheTainted
+            && self.pinReason == nil && !self.holdForReroute && !self.discardUntilSync && !self.restoreStartupAtReady
+    }
+
+    /// Frames held for the cache: a simple Query or an extended-protocol request up to its Sync is looked up
+    /// before it goes anywhere. Returns true when the frame was taken.
+    private func interceptForCache(_ frame: PostgresFrame) -> Bool {
+        if self.cacheLookupActive {
+            self.cacheQueue.append(frame)
+            self.cacheQueueBytes += frame.raw.readableBytes
+            if self.cacheQueueBytes > self.config.limits.clientBufferBytes && !self.readingPaused {
+                self.readingPaused = true
+                _ = self.context?.channel.setOption(ChannelOptions.autoRead, value: false)
+            }
+            return true
+        }
+        guard let id = frame.frontendID else { return false }
+        if !self.cacheCandidate.isEmpty {
+            switch id {
+            case .parse, .bind, .describe, .execute:
+                self.cacheCandidate.append(frame)
+                if self.cacheCandidate.count > 4 { self.releaseCacheCandidate() }
+                return true
+            case .sync:
+                self.cacheCandidate.append(frame)
+                let frames = self.cacheCandidate
+                self.cacheCandidate = []
+                if let (plan, prelude) = self.extendedCachePlan(frames) {
+                    self.startCacheLookup(plan, frames: frames, prelude: prelude)
+                } else {
+                    for frame in frames { self.handleReadyFrame(frame) }
+                }
+                return true
+            default:
+                self.releaseCacheCandidate()
+                return false
+            }
+        }
+        guard self.cacheIdle else { return false }
+        switch id {
+        case .query:
+            var body = frame.body
+            guard let query = body.readNullTerminatedBytes(), body.readableBytes == 0,
+                let plan = self.cachePlan(query: query, parameters: [], shape: [UInt8(ascii: "Q")], extra: [])
+            else { return false }
+            self.startCacheLookup(plan, frames: [frame], prelude: nil)
+            return true
+        case .parse, .bind:
+            guard self.renames else { return false }
+            self.cacheCandidate = [frame]
+            return true
+        default:
+            return false
+        }
+    }
+
+    /// The held extended-protocol messages go their normal way.
+    private func releaseCacheCandidate() {
+        let frames = self.cacheCandidate
+        self.cacheCandidate = []
+        for frame in frames { self.handleReadyFrame(frame) }
+    }
+
+    /// What a replayed extended-protocol hit must do to the session first: register the statement of its
+    /// Parse, as processing the Parse would have.
+    struct CachePrelude {
+        var parse: FrontendMessage.Parse
+        var info: StatementInfo
+    }
+
+    /// `[Parse] Bind [Describe portal] Execute(all rows) Sync` of one cacheable statement, on the unnamed
+    /// portal or one named portal: its plan.
+    private func extendedCachePlan(_ frames: [PostgresFrame]) -> (CachePlan, CachePrelude?)? {
+        var index = 0
+        var prelude: CachePrelude?
+        var statementInfo: StatementInfo?
+        do {
+            if frames[index].id == FrontendMessageID.parse.rawValue {
+                let parse = try FrontendMessage.parse(frames[index])
+                guard parse.statementName.isEmpty ? self.config.pool.prepareUnnamed : self.statements[parse.statementName] == nil
+                else { return nil }
+                let info = self.shard.statementInfo(
+                    query: parse.queryBytes, parameterTypes: parse.parameterTypes, searchPath: self.settingsFingerprint,
+                    database: self.database, user: self.userName)
+                prelude = CachePrelude(parse: parse, info: info)
+                statementInfo = info
+                index += 1
+            }
+            guard index < frames.count, frames[index].id == FrontendMessageID.bind.rawValue else { return nil }
+            let bind = try FrontendMessage.bind(frames[index])
+            if let prelude {
+                guard bind.statementName == prelude.parse.statementName else { return nil }
+            } else {
+                statementInfo = self.lookup(bind.statementName)
+            }
+            guard let info = statementInfo else { return nil }
+            let values = try FrontendMessage.bindValues(frames[index], bind)
+            index += 1
+            var describes = false
+            if index < frames.count, frames[index].id == FrontendMessageID.describe.rawValue {
+                let describe = try FrontendMessage.describe(frames[index])
+                guard describe.kind == UInt8(ascii: "P"), describe.name == bind.portalName else { return nil }
+                describes = true
+                index += 1
+            }
+            guard index + 2 == frames.count, frames[index].id == FrontendMessageID.execute.rawValue,
+                frames[index + 1].id == FrontendMessageID.sync.rawValue
+            else { return nil }
+            let execute = try FrontendMessage.execute(frames[index])
+            guard execute.portalName == bind.portalName, execute.maxRows == 0 else { return nil }
+            var parameters: [BoundParameter] = []
+            parameters.reserveCapacity(values.parameters.count)
+            for (position, value) in values.parameters.enumerated() {
+                let type = position < info.parameterTypes.count ? info.parameterTypes[position] : 0
+                parameters.append(BoundParameter(value: value, binary: values.isBinary(position), typeOID: type))
+            }
+            var extra: [[UInt8]] = [info.parameterTypes.flatMap { oid in (0..<4).map { UInt8(truncatingIfNeeded: oid >> (24 - 8 * $0)) } }]
+            extra.append(values.parameterFormats.flatMap { [UInt8(truncatingIfNeeded: $0 >> 8), UInt8(truncatingIfNeeded: $0)] })
+            for value in values.parameters {
+                extra.append(value.map { [1] + Array($0.readableBytesView) } ?? [0])
+            }
+            extra.append(values.resultFormats.flatMap { [UInt8(truncatingIfNeeded: $0 >> 8), UInt8(truncatingIfNeeded: $0)] })
+            let shape: [UInt8] = [UInt8(ascii: "E"), prelude == nil ? 0 : 1, describes ? 1 : 0]
+            guard let plan = self.cachePlan(query: info.clientQuery, parameters: parameters, shape: shape, extra: extra) else {
+                return nil
+            }
+            return (plan, prelude)
+        } catch {
+            return nil
+        }
+    }
+
+    /// TimeZone names that are UTC: literals without a zone are then exact instants.
+    static let utcZones: Set<String> = [
+        "UTC", "Etc/UTC", "GMT", "Etc/GMT", "UCT", "Etc/UCT", "Zulu", "Etc/Zulu", "Universal", "Etc/Universal", "GMT0", "Etc/GMT0",
+    ]
+    /// Reported settings that change the bytes of a result (with every SET the session made).
+    static let keyedParameters = [
+        "TimeZone", "DateStyle", "IntervalStyle", "client_encoding", "standard_conforming_strings", "is_superuser",
+        "session_authorization", "integer_datetimes",
+    ]
+
+    /// The settings part of a cache key: every setting the session made (but application_name, which
+    /// changes no result) and the reported parameters that change text output.
+    private var cacheSettingsKey: [UInt8] {
+        if let cached = self.cachedSettingsKey, cached.parameters == self.reportedParameters.fingerprint,
+            cached.settings == self.settingsFingerprint
+        {
+            return cached.key
+        }
+        var key: [UInt8] = []
+        for entry in self.settings.entries where entry.name != "application_name" {
+            key.append(contentsOf: entry.statement.utf8)
+            key.append(0)
+        }
+        key.append(1)
+        for name in Self.keyedParameters {
+            key.append(contentsOf: name.utf8)
+            key.append(61)
+            key.append(contentsOf: (self.reportedParameters[name] ?? "").utf8)
+            key.append(0)
+        }
+        self.cachedSettingsKey = (self.settingsFingerprint, self.reportedParameters.fingerprint, key)
+        return key
+    }
+
+    /// The plan of one execution of `query`, or nil when it is not answered from the cache.
+    private func cachePlan(query: ByteBuffer, parameters: [BoundParameter], shape: [UInt8], extra: [[UInt8]]) -> CachePlan? {
+        guard let tier = self.shard.cacheTier else { return nil }
+        let profile = self.shard.cacheProfile(query)
+        guard profile.isCacheable, !profile.hintOff, parameters.count >= profile.parameterCount else { return nil }
+        let settings = tier.settings
+        let querySetting = settings.queries[profile.fingerprint]
+        if querySetting?.enabled == false { return nil }
+        if !profile.functions.isEmpty {
+            let primary = self.shard.topology.primary ?? (self.shard.routes ? nil : self.config.nodes.first?.name)
+            guard case .loaded(let catalog) = self.shard.functionCatalog(database: self.database, user: self.userName, primary: primary)
+            else {
+                tier.countBypass("function catalog not loaded", fingerprint: profile.fingerprint)
+                return nil
+            }
+            let allowed = self.shard.cacheSafeFunctions
+            guard profile.functions.allSatisfy({ catalog.isCacheSafe($0, allowed: allowed) }) else { return nil }
+        }
+        let utc = Self.utcZones.contains(self.reportedParameters["TimeZone"] ?? "")
+        let dependencies = DependencyResolver.resolve(profile.dependencies, parameters: parameters, utcSession: utc)
+        let tags = tier.tags.readTags(database: self.database, dependencies: dependencies)
+        let now = CacheTier.nowMillis()
+        let ttl: Int
+        if let fixed = querySetting?.ttlMs {
+            ttl = fixed
+        } else if tier.tags.isSealed(dependencies, nowMicros: now * 1_000) {
+            ttl = dependencies.map { self.config.relations[$0.relation]?.cacheTTLMs ?? settings.sealedTTLMs }.min() ?? settings.sealedTTLMs
+        } else {
+            ttl = settings.liveTTLMs
+        }
+        let staleness = profile.maxStalenessSeconds.map { Int($0 * 1_000) } ?? settings.roleMaxStalenessMs[self.userName]
+        var parts: [[UInt8]] = [Array("tidegate-cache-1".utf8), shape, Array(self.database.utf8), Array(self.userName.utf8)]
+        parts.append(self.cacheSettingsKey)
+        parts.append(Array(query.readableBytesView))
+        parts.append(contentsOf: extra)
+        return CachePlan(
+            key: CacheKey(parts: parts), database: self.database, fingerprint: profile.fingerprint, tags: tags, ttlMs: ttl,
+            maxStalenessMs: staleness)
+    }
+
+    private func startCacheLookup(_ plan: CachePlan, frames: [PostgresFrame], prelude: CachePrelude?) {
+        guard let tier = self.shard.cacheTier, let loop = self.context?.eventLoop else {
+            for frame in frames { self.handleReadyFrame(frame) }
+            return
+        }
+        self.cacheLookupActive = true
+        let topology = self.shard.topology
+        let started = NIODeadline.now()
+        tier.lookup(plan, on: loop).whenComplete { result in
+            self.cacheLookupActive = false
+            guard case .ready = self.phase, self.context != nil else {
+                if case .success(.miss(let ticket?)) = result { tier.complete(ticket, reply: nil, refusal: "client went away", on: loop) }
+                return
+            }
+            switch result {
+            case .success(.hit(let reply)):
+                self.serveCacheHit(reply, prelude: prelude, started: started)
+            case .success(.miss(let ticket)):
+                if let ticket {
+                    self.cacheFill = (ticket, ReplyCapture(limit: tier.settings.maxEntryBytes), topology)
+                }
+                for frame in frames { self.handleReadyFrame(frame) }
+            case .success(.bypass), .failure:
+                for frame in frames { self.handleReadyFrame(frame) }
+            }
+            self.drainCacheQueue()
+            // Outside channelRead nothing else flushes what was just written.
+            self.server?.flush()
+            self.context?.flush()
+        }
+    }
+
+    /// Frames that arrived during a lookup, in order (one of them may start another lookup).
+    private func drainCacheQueue() {
+        while !self.cacheLookupActive, let frame = self.cacheQueue.popFirst() {
+            self.cacheQueueBytes -= frame.raw.readableBytes
+            self.handleFrame(frame)
+        }
+        if self.cacheQueue.isEmpty && self.readingPaused && self.pendingBytes <= self.config.limits.clientBufferBytes {
+            self.readingPaused = false
+            _ = self.context?.channel.setOption(ChannelOptions.autoRead, value: true)
+        }
+        self.context?.channel.read()
+    }
+
+    private func serveCacheHit(_ reply: ByteBuffer, prelude: CachePrelude?, started: NIODeadline) {
+        if let prelude {
+            if prelude.parse.statementName.isEmpty {
+                self.unnamed = prelude.info
+            } else {
+                self.statements[prelude.parse.statementName] = Statement(info: prelude.info)
+            }
+        }
+        var out = reply
+        BackendEncoder.readyForQuery(&out, status: .idle)
+        self.flushRun()
+        self.writeClient(out)
+        self.context?.flush()
+        self.queries += 1
+        self.shard.queries += 1
+        self.shard.cacheHits += 1
+        self.shard.bytesOut += out.readableBytes
+        let nanos = (NIODeadline.now() - started).nanoseconds
+        self.shard.queryNanos += nanos
+        self.runtime.metrics.query(.read, nanoseconds: nanos)
+        self.runtime.metrics.cacheHit(nanoseconds: nanos)
+    }
+
+    /// The miss's reply is complete: store it if it may be (a replica's only when it had replayed past every
+    /// version read before the query was sent).
+    private func finishCacheFill(_ status: TransactionStatus) {
+        guard let (ticket, capture, topology) = self.cacheFill, let tier = self.shard.cacheTier, let loop = self.context?.eventLoop
+        else { return }
+        self.cacheFill = nil
+        var refusal = capture.refusal
+        if refusal == nil && status != .idle { refusal = "left a transaction open" }
+        if refusal == nil, let route = self.route, route.onReplica {
+            let replayed = topology.nodes.first(where: { $0.name == route.node })?.lsn
+            if replayed == nil || replayed!.value < ticket.maxVersion { refusal = "replica had not replayed the versions read" }
+        }
+        tier.complete(ticket, reply: refusal == nil ? capture.bytes : nil, refusal: refusal, on: loop)
+    }
+
+    /// A statement that may write a cached relation: which relations to invalidate once its transaction is
+    /// over.
+    private func noteCacheWrites(_ query: ByteBuffer) {
+        guard self.shard.cacheTier != nil else { return }
+        switch self.shard.cacheWriteEffect(query, database: self.database, user: self.userName) {
+        case .none: break
+        case .relations(let names): self.cacheWrites.formUnion(names)
+        case .all: self.cacheWrites.formUnion(self.shard.config.cachedRelations.keys)
+        }
+    }
+
+    /// A transaction that wrote cached relations ended: hold the client's output (its acknowledgement among
+    /// it) until the relations' versions have moved past the commit, so no read that begins after the
+    /// acknowledgement can be served the old result.
+    private func invalidateCacheWrites() {
+        guard !self.cacheWrites.isEmpty, let tier = self.shard.cacheTier, let loop = self.context?.eventLoop else { return }
+        let relations = self.cacheWrites
+        self.cacheWrites = []
+        if self.ackHold == nil { self.ackHold = [] }
+        self.ackHoldCount += 1
+        let database = self.database
+        let tags = Set(relations.map { tier.tags.epochKey(database: database, relation: $0) })
+        let primary = self.shard.topology.primary
+        self.shard.commitProbe.position(config: self.config, primary: primary).flatMap { lsn -> EventLoopFuture<Void> in
+            if self.config.routing.readYourWrites == .session { self.writeLSN = max(self.writeLSN ?? lsn, lsn) }
+            // The replication listener moves the exact tags of the rows written; only without it (or when it
+            // is too slow) do the relations' epochs move, invalidating all their entries.
+            return tier.waitForListener(database: database, lsn: lsn, on: loop).flatMap { seen in
+                seen ? loop.makeSucceededVoidFuture() : tier.invalidate(tags, lsn: lsn, on: loop)
+            }
+        }.flatMapError { error -> EventLoopFuture<Void> in
+            // Without the commit's position a replica's fill could not be checked against it: invalidate all.
+            self.logger.warning("no WAL position after a write; replacing the cache generation", metadata: ["error": "\(error)"])
+            return tier.replaceGeneration(on: loop).flatMapError { _ in loop.makeSucceededVoidFuture() }
+        }.whenComplete { _ in
+            self.ackHoldCount -= 1
+            guard self.ackHoldCount == 0, let held = self.ackHold else { return }
+            self.ackHold = nil
+            for buffer in held { self.context?.write(NIOAny(buffer), promise: nil) }
+            self.context?.flush()
+        }
     }
 
     // MARK: Errors

@@ -129,6 +129,14 @@ public struct TidegateConfig: Sendable, Equatable {
         /// Multi-timeframe rewrite: time_bucket aggregates over this relation read the rollups where they
         /// are materialized.
         public var rewrite = false
+        /// Results over this relation may be cached (`cache.enabled` switches the tier as a whole).
+        public var cache = true
+        /// The finest time bucket of cache invalidation; coarser levels are this × 8, × 64, …
+        public var bucketMs = 60_000
+        /// Rows may arrive this late: buckets that ended longer ago are sealed and their entries live long.
+        public var lateWindowMs = 5_000
+        /// Lifetime of sealed entries of this relation; nil: `cache.sealed_ttl_ms`.
+        public var cacheTTLMs: Int?
 
         public init(name: String) { self.name = name }
     }
@@ -160,6 +168,8 @@ public struct TidegateConfig: Sendable, Equatable {
     public var relations: [String: Relation] = [:]
     /// Storage maintenance and analytics (`storage:`, StorageConfig.swift).
     public var storage = Storage()
+    /// The result cache (`cache:`, CacheConfig.swift).
+    public var cache = CacheSettings()
     /// Event-loop threads (0: one per CPU core). Each serves its own clients with the server connections
     /// it opened; pool.max_size is one budget over all of them.
     public var threads = 1
@@ -269,11 +279,13 @@ extension TidegateConfig {
     struct Layout: Equatable {
         var userNames: [String] = []
         var relationNames: [String] = []
+        /// Fingerprints under `cache.queries`.
+        var cacheQueryNames: [String] = []
         /// Region names with their node names, in file order.
         var regions: [(name: String, nodes: [String])] = []
 
         static func == (lhs: Layout, rhs: Layout) -> Bool {
-            lhs.userNames == rhs.userNames && lhs.relationNames == rhs.relationNames && lhs.regions.map(\.name) == rhs.regions.map(\.name)
+            lhs.userNames == rhs.userNames && lhs.relationNames == rhs.relationNames && lhs.cacheQueryNames == rhs.cacheQueryNames && lhs.regions.map(\.name) == rhs.regions.map(\.name)
                 && lhs.regions.map(\.nodes) == rhs.regions.map(\.nodes)
         }
     }
@@ -294,6 +306,12 @@ extension TidegateConfig {
             }
             layout.relationNames = relationsMapping.keys.compactMap(\.string)
         }
+        if let queries = mapping["cache"]?.mapping?["queries"] {
+            guard let queriesMapping = queries.mapping else {
+                throw ConfigError(problems: ["cache.queries: must be a mapping of query fingerprint to its settings"])
+            }
+            layout.cacheQueryNames = queriesMapping.keys.compactMap(\.string)
+        }
         if let regions = mapping["regions"] {
             guard let regionsMapping = regions.mapping else {
                 throw ConfigError(problems: ["regions: must be a mapping of region name to its nodes"])
@@ -313,34 +331,10 @@ extension TidegateConfig {
         var config = TidegateConfig()
         var problems: [String] = []
 
-        func int(_ key: String, _ value: inout Int, min: Int = 0, max: Int = Int.max) {
-            if let string = reader.string(forKey: ConfigKey(key)) {
-                guard let parsed = Int(string.trimmingCharacters(in: .whitespaces)) else {
-                    problems.append("\(key): expected a whole number, got \"\(string)\"")
-                    return
-                }
-                value = parsed
-            } else if let parsed = reader.int(forKey: ConfigKey(key)) {
-                value = parsed
-            }
-            if value < min || value > max {
-                problems.append("\(key): \(value) is out of range (\(min)...\(max == Int.max ? "" : String(max)))")
-            }
-        }
-        func string(_ key: String, _ value: inout String) {
-            if let parsed = reader.string(forKey: ConfigKey(key)) { value = parsed }
-        }
-        func bool(_ key: String, _ value: inout Bool) {
-            if let string = reader.string(forKey: ConfigKey(key)) {
-                switch string.lowercased() {
-                case "true", "yes", "on", "1": value = true
-                case "false", "no", "off", "0": value = false
-                default: problems.append("\(key): expected true or false, got \"\(string)\"")
-                }
-            } else if let parsed = reader.bool(forKey: ConfigKey(key)) {
-                value = parsed
-            }
-        }
+        let fields = ConfigFields(reader)
+        func int(_ key: String, _ value: inout Int, min: Int = 0, max: Int = Int.max) { fields.int(key, &value, min: min, max: max) }
+        func string(_ key: String, _ value: inout String) { fields.string(key, &value) }
+        func bool(_ key: String, _ value: inout Bool) { fields.bool(key, &value) }
 
         string("listen.host", &config.listen.host)
         int("listen.port", &config.listen.port, min: 0, max: 65535)
@@ -433,7 +427,8 @@ extension TidegateConfig {
         int("health.up_after", &config.health.upAfter, min: 1, max: 100)
         string("health.user", &config.health.user)
         string("health.database", &config.health.database)
-        Self.readStorage(reader, into: &config.storage, problems: &problems)
+        Self.readStorage(fields, into: &config.storage)
+        Self.readCache(fields, layout: layout, into: &config)
         choice("auth.method", &config.authMethod)
         int("threads", &config.threads, min: 0, max: 256)
         if config.threads == 0 { config.threads = max(1, ProcessInfo.processInfo.activeProcessorCount) }
@@ -470,17 +465,15 @@ extension TidegateConfig {
             let key = "relations.\(name)"
             string("\(key).time_column", &relation.timeColumn)
             string("\(key).instrument_column", &relation.instrumentColumn)
-            func optionalInt(_ suffix: String, min: Int) -> Int? {
-                guard reader.string(forKey: ConfigKey("\(key).\(suffix)")) != nil || reader.int(forKey: ConfigKey("\(key).\(suffix)")) != nil
-                else { return nil }
-                var value = 0
-                int("\(key).\(suffix)", &value, min: min)
-                return value
-            }
+            func optionalInt(_ suffix: String, min: Int) -> Int? { fields.optionalInt("\(key).\(suffix)", min: min) }
             relation.retentionDays = optionalInt("retention_days", min: 1)
             relation.compressAfterDays = optionalInt("compress_after_days", min: 1)
             relation.refreshIntervalMs = optionalInt("refresh_interval_ms", min: 1_000)
             bool("\(key).rewrite", &relation.rewrite)
+            bool("\(key).cache", &relation.cache)
+            int("\(key).bucket_ms", &relation.bucketMs, min: 1, max: 86_400_000)
+            int("\(key).late_window_ms", &relation.lateWindowMs, min: 0)
+            relation.cacheTTLMs = optionalInt("cache_ttl_ms", min: 0)
             config.relations[name] = relation
         }
         let rewritten = config.relations.values.filter(\.rewrite).map(\.name).sorted()
@@ -493,6 +486,8 @@ extension TidegateConfig {
         if config.users.isEmpty && config.authMethod != .trust {
             problems.append("users: no users configured, so nobody can log in")
         }
+        problems += fields.problems
+        fields.problems = []
         if !problems.isEmpty { throw ConfigError(problems: problems) }
         return config
     }

@@ -20,6 +20,11 @@ final class LoopShard: @unchecked Sendable {
     var config: TidegateConfig {
         didSet {
             self.routes = self.config.routes
+            if self.config.cachedRelations != oldValue.cachedRelations {
+                self.cacheProfileMemo.removeAll()
+                self.cacheWriteMemo.removeAll()
+            }
+            self.cacheSafeFunctions = Set(self.config.cache.safeFunctions)
             if self.config.rollupSchema != oldValue.rollupSchema {
                 self.rollupSchema = self.config.rollupSchema
                 self.rewriteMemo.removeAll()
@@ -33,6 +38,18 @@ final class LoopShard: @unchecked Sendable {
     /// Rewritten statements sent: each simple query and each Bind of a rewritten prepared statement (a Parse
     /// when its Binds are not tracked, as in session pooling).
     var rewrites = 0
+    // The cache tier (nil when `cache.enabled` is false), and what it memoizes per text.
+    var cacheTier: CacheTier?
+    var cacheProfileMemo: [ByteBuffer: CacheProfile] = [:]
+    var cacheWriteMemo: [ByteBuffer: CacheWriteProfile] = [:]
+    private(set) var cacheSafeFunctions: Set<String> = []
+    /// Hits served by this loop (SHOW STATS).
+    var cacheHits = 0
+    lazy var commitProbe = CommitLSNProbe(loop: self.loop, logger: self.logger)
+    /// The cache's once-a-second work (on the first loop only).
+    var cacheHousekeeping: [RepeatedTask] = []
+    /// The replication listeners by database (on the first loop only).
+    var cacheListeners: [(String, ReplicationListener)] = []
     /// Whether the configuration has several nodes (read on the hot path, so kept apart).
     private(set) var routes = false
     private var maintenance: RepeatedTask?
@@ -120,6 +137,8 @@ final class LoopShard: @unchecked Sendable {
     }
 
     func start() {
+        self.cacheTier = self.runtime.cacheTier
+        self.cacheSafeFunctions = Set(self.config.cache.safeFunctions)
         self.maintenance = self.loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [weak self] _ in
             guard let self else { return }
             for pool in self.pools.values { pool.maintain() }
@@ -318,6 +337,8 @@ final class LoopShard: @unchecked Sendable {
 
     func stop() {
         self.maintenance?.cancel()
+        self.commitProbe.close()
+        for task in self.cacheHousekeeping { task.cancel() }
         self.healthChecker?.stop()
         for pool in self.pools.values { pool.closeAll() }
     }
@@ -350,7 +371,8 @@ final class LoopShard: @unchecked Sendable {
         let original = ByteBuffer(bytes: query.readableBytesView)
         let rewritten = rewrite ? self.rollupRewrite(original, database: database, user: user) : nil
         let info = StatementInfo(
-            query: rewritten ?? original, parameterTypes: parameterTypes, searchPath: searchPath, rewritten: rewritten != nil)
+            query: rewritten ?? original, parameterTypes: parameterTypes, searchPath: searchPath, rewritten: rewritten != nil,
+            clientQuery: original)
         if self.statementMemo.count >= Self.statementMemoLimit { self.statementMemo.removeAll(keepingCapacity: true) }
         self.statementMemo[StatementMemoKey(query: original, parameterTypes: parameterTypes, searchPath: searchPath, rewrite: rewrite)] = info
         return info
@@ -375,12 +397,15 @@ struct StatementInfo {
     let query: ByteBuffer
     /// Whether `query` is the rollup rewrite of the client's text.
     let rewritten: Bool
+    /// The client's text (what the cache analyses and keys on).
+    let clientQuery: ByteBuffer
     let parameterTypes: [UInt32]
     let effect: SessionEffect
     let statementClass: StatementClass
 
-    init(query: ByteBuffer, parameterTypes: [UInt32], searchPath: String?, rewritten: Bool = false) {
+    init(query: ByteBuffer, parameterTypes: [UInt32], searchPath: String?, rewritten: Bool = false, clientQuery: ByteBuffer? = nil) {
         self.query = query
+        self.clientQuery = clientQuery ?? query
         self.rewritten = rewritten
         self.parameterTypes = parameterTypes
         var first = FNV1a64()

@@ -1,6 +1,7 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 import Synchronization
 import Topology
 
@@ -19,6 +20,12 @@ public final class Runtime: Sendable {
     let startedAt = NIODeadline.now()
     let logger: Logger
     private let shardsBox = NIOLockedValueBox([LoopShardReference]())
+    private let cacheTierBox = NIOLockedValueBox<CacheTier?>(nil)
+    /// The cache tier, when `cache.enabled` (set once at start, before any shard runs).
+    var cacheTier: CacheTier? {
+        get { self.cacheTierBox.withLockedValue { $0 } }
+        set { self.cacheTierBox.withLockedValue { $0 = newValue } }
+    }
 
     init(config: TidegateConfig, configPath: String?, overrides: [String: String], logger: Logger) {
         self.configBox = NIOLockedValueBox(config)
@@ -173,6 +180,9 @@ public final class Runtime: Sendable {
     }
 
     /// Runs `body` on every loop's shard and collects the results.
+    /// An event loop for work of no particular client (admin commands on the cache).
+    var anyLoop: any EventLoop { self.shards.first?.loop ?? MultiThreadedEventLoopGroup.singleton.next() }
+
     func gather<T: Sendable>(_ body: @escaping @Sendable (LoopShard) -> T) async throws -> [T] {
         var results: [T] = []
         for reference in self.shards {

@@ -60,13 +60,16 @@ final class ServerConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Bytes received and not yet decoded into whole messages.
     private var inbound = ByteBuffer()
     private var decoder: PostgresFrameDecoder
+    /// Sent in the startup packet after user and database (the replication listener's `replication`).
+    private let startupParameters: [(String, String)]
     private static let emptyBuffer = ByteBuffer()
 
     init(
         key: PoolKey, node: TidegateConfig.Node, loop: any EventLoop, password: String?, maxMessageBytes: Int,
-        logger: Logger
+        logger: Logger, startupParameters: [(String, String)] = []
     ) {
         self.decoder = PostgresFrameDecoder(maxMessageBytes: maxMessageBytes)
+        self.startupParameters = startupParameters
         self.id = Self.nextID.next()
         self.key = key
         self.node = node
@@ -121,7 +124,9 @@ final class ServerConnection: ChannelInboundHandler, @unchecked Sendable {
                 var buffer = channel.allocator.buffer(capacity: 64)
                 // Only user and database: every other setting is the client's (replayed as SET), so RESET on
                 // the server connection gives the server's defaults.
-                FrontendEncoder.startup(&buffer, parameters: [("user", self.key.user), ("database", self.key.database)])
+                FrontendEncoder.startup(
+                    &buffer,
+                    parameters: [("user", self.key.user), ("database", self.key.database)] + self.startupParameters)
                 _ = machine
                 channel.writeAndFlush(buffer, promise: nil)
             case .failure(let error):

@@ -20,35 +20,23 @@ extension TidegateConfig {
         public init() {}
     }
 
-    static func readStorage(_ reader: ConfigReader, into storage: inout Storage, problems: inout [String]) {
+    static func readStorage(_ fields: ConfigFields, into storage: inout Storage) {
         func int(_ key: String, _ value: inout Int, min: Int, max: Int = Int.max) {
-            let full = "storage.\(key)"
-            if let string = reader.string(forKey: ConfigKey(full)) {
-                guard let parsed = Int(string.trimmingCharacters(in: .whitespaces)) else {
-                    problems.append("\(full): expected a whole number, got \"\(string)\"")
-                    return
-                }
-                value = parsed
-            } else if let parsed = reader.int(forKey: ConfigKey(full)) {
-                value = parsed
-            }
-            if value < min || value > max {
-                problems.append("\(full): \(value) is out of range (\(min)...\(max == Int.max ? "" : String(max)))")
-            }
+            fields.int("storage.\(key)", &value, min: min, max: max)
         }
         int("partitions_ahead_days", &storage.partitionsAheadDays, min: 1, max: 366)
         int("maintenance_interval_ms", &storage.maintenanceIntervalMs, min: 0)
         if storage.maintenanceIntervalMs > 0 && storage.maintenanceIntervalMs < 1_000 {
-            problems.append("storage.maintenance_interval_ms: \(storage.maintenanceIntervalMs) is below 1000 (0 disables the job)")
+            fields.problems.append("storage.maintenance_interval_ms: \(storage.maintenanceIntervalMs) is below 1000 (0 disables the job)")
         }
         int("history_interval_ms", &storage.historyIntervalMs, min: 1_000)
         var disk = Int(storage.diskBytes)
         int("disk_bytes", &disk, min: 0)
         storage.diskBytes = Int64(disk)
         int("growth_window_days", &storage.growthWindowDays, min: 1, max: 3_650)
-        if let database = reader.string(forKey: ConfigKey("storage.database")) {
+        if let database = fields.reader.string(forKey: ConfigKey("storage.database")) {
             if database.isEmpty {
-                problems.append("storage.database: must name a database")
+                fields.problems.append("storage.database: must name a database")
             } else {
                 storage.database = database
             }

@@ -25,6 +25,20 @@ final class TidegateMetrics: Sendable {
     private let queryCounters: [Counter]
     private let queryTimers: [Timer]
     private let errorCounters = NIOLockedValueBox([String: Counter]())
+    // The cache tier (published once a second from its statistics).
+    let cacheHitDuration = Timer(label: "tidegate_cache_hit_duration")
+    let cacheHits = Counter(label: "tidegate_cache_hits_total")
+    let cacheMisses = Counter(label: "tidegate_cache_misses_total")
+    let cacheBypasses = Counter(label: "tidegate_cache_bypasses_total")
+    let cacheFills = Counter(label: "tidegate_cache_fills_total")
+    let cacheFillsRefused = Counter(label: "tidegate_cache_fills_refused_total")
+    let cacheInvalidations = Counter(label: "tidegate_cache_invalidations_total")
+    let cacheTagUpdates = Counter(label: "tidegate_cache_tag_updates_total")
+    let cacheL1Entries = Gauge(label: "tidegate_cache_l1_entries")
+    let cacheL1Bytes = Gauge(label: "tidegate_cache_l1_bytes")
+    let cacheRedisUp = Gauge(label: "tidegate_cache_redis_up")
+    let cacheGenerationOwed = Gauge(label: "tidegate_cache_generation_owed")
+    private let listenerLagGauges = NIOLockedValueBox([String: Gauge]())
 
     init() {
         self.queryCounters = StatementClass.allCases.map {
@@ -72,6 +86,19 @@ final class TidegateMetrics: Sendable {
             gauges.lagSeconds.record(node.lagSeconds ?? -1)
             gauges.lagBytes.record(Double(node.lagBytes ?? 0))
         }
+    }
+
+    func cacheHit(nanoseconds: Int64) { self.cacheHitDuration.recordNanoseconds(nanoseconds) }
+
+    /// The replication listener's lag per database (databases come from the configuration).
+    func listenerLag(database: String, milliseconds: Int64?) {
+        let gauge = self.listenerLagGauges.withLockedValue { gauges in
+            if let gauge = gauges[database] { return gauge }
+            let gauge = Gauge(label: "tidegate_cache_listener_lag_seconds", dimensions: [("database", database)])
+            gauges[database] = gauge
+            return gauge
+        }
+        gauge.record(milliseconds.map { Double($0) / 1_000 } ?? -1)
     }
 
     /// Counts an error by SQLSTATE class (first two characters).

@@ -1,3 +1,4 @@
+import Cache
 import Logging
 import Metrics
 import NIOConcurrencyHelpers
@@ -31,6 +32,30 @@ public final class TidegateService: Service, Sendable {
 
     public func run() async throws {
         let config = self.runtime.config
+        var cacheTier: CacheTier?
+        if config.cache.enabled {
+            let cache = config.cache
+            var settings = RedisClient.Settings()
+            settings.host = cache.redisHost
+            settings.port = cache.redisPort
+            settings.password = cache.redisPassword.isEmpty ? nil : cache.redisPassword
+            settings.database = cache.redisDatabase
+            settings.connections = cache.redisConnections
+            settings.connectTimeoutMs = cache.redisConnectTimeoutMs
+            settings.commandTimeoutMs = cache.redisCommandTimeoutMs
+            let logger = self.logger
+            let redis = RedisClient(
+                settings: settings, group: self.group, logger: logger,
+                onAvailabilityChange: { up in
+                    if up {
+                        logger.info("cache: Redis reachable", metadata: ["redis": "\(cache.redisHost):\(cache.redisPort)"])
+                    } else {
+                        logger.warning("cache: Redis unreachable; reads bypass the cache", metadata: ["redis": "\(cache.redisHost):\(cache.redisPort)"])
+                    }
+                })
+            cacheTier = CacheTier(settings: cache, relations: Array(config.relations.values), redis: redis, logger: logger)
+            self.runtime.cacheTier = cacheTier
+        }
         for loop in self.group.makeIterator() {
             let runtime = self.runtime
             let logger = self.logger
@@ -48,6 +73,19 @@ public final class TidegateService: Service, Sendable {
                 let checker = HealthChecker(loop: first.loop, runtime: runtime, logger: logger)
                 first.shard.value.healthChecker = checker
                 checker.start()
+                if let tier = runtime.cacheTier {
+                    let listeners = Self.startListeners(tier: tier, runtime: runtime, loop: first.loop, logger: logger)
+                    first.shard.value.cacheListeners = listeners
+                    let metrics = runtime.metrics
+                    let task = first.loop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) { _ in
+                        for (database, listener) in listeners { tier.setListenerLag(database: database, lagMs: listener.lagMillis) }
+                    }
+                    let slow = first.loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+                        tier.housekeeping(on: first.loop)
+                        tier.publish(to: metrics)
+                    }
+                    first.shard.value.cacheHousekeeping = [task, slow]
+                }
             }.get()
         }
         let sslContext: NIOSSLContext?
@@ -124,7 +162,57 @@ public final class TidegateService: Service, Sendable {
         }
         try? await http?.close()
         await self.drain()
+        if let listeners = try? await self.runtime.shards.first?.loop.submit({ self.runtime.shards.first?.shard.value.cacheListeners ?? [] }).get() {
+            for (_, listener) in listeners { try? await listener.shutdown().get() }
+        }
+        try? await cacheTier?.redis.shutdown().get()
         try await self.group.shutdownGracefully()
+    }
+
+    /// One replication listener per database of `cache.listener.databases`: writes that bypass Tidegate
+    /// move the cache's versions; after each (re)connect everything is invalidated, since what happened
+    /// while it was away is unknown.
+    static func startListeners(tier: CacheTier, runtime: Runtime, loop: any EventLoop, logger: Logger) -> [(String, ReplicationListener)] {
+        let config = runtime.config
+        guard config.cache.listener.enabled else { return [] }
+        let settings = config.cache.listener
+        let login: (user: String, password: String?)?
+        if !settings.user.isEmpty {
+            let user = config.users[settings.user]
+            login = (settings.user, user?.backendPassword ?? (user?.password.hasPrefix("SCRAM-SHA-256$") == true ? nil : user?.password))
+        } else {
+            login = config.healthLogin
+        }
+        guard let login else {
+            logger.error("cache.listener: no login with a plain password; the cache serves no hits (set cache.listener.user)")
+            return []
+        }
+        var relations: PgOutputDecoder.TrackedRelations = [:]
+        for relation in config.relations.values where relation.cache {
+            relations[relation.name] = (timeColumn: relation.timeColumn, instrumentColumn: relation.instrumentColumn)
+        }
+        return settings.databases.map { database in
+            var listenerSettings = ReplicationListener.Settings()
+            listenerSettings.database = database
+            listenerSettings.user = login.user
+            listenerSettings.password = login.password ?? ""
+            listenerSettings.publication = settings.publication
+            listenerSettings.slotPrefix = settings.slotPrefix
+            listenerSettings.statusIntervalMs = settings.statusIntervalMs
+            let listener = ReplicationListener(
+                settings: listenerSettings, relations: relations,
+                primary: { [runtime] in
+                    let config = runtime.config
+                    let name = runtime.topology.primary ?? (config.routes ? nil : config.nodes.first?.name)
+                    return name.flatMap { config.node(named: $0)?.endpoint }
+                },
+                eventLoop: loop, logger: logger,
+                apply: { commit in tier.apply(commit, database: database, on: loop) },
+                restarted: { tier.replaceGeneration(on: loop) })
+            tier.registerListener(database: database) { [listener] in listener.appliedLSN }
+            listener.start()
+            return (database, listener)
+        }
     }
 
     /// Waits until no client holds a server connection (transactions finished), up to the deadline,

@@ -39,6 +39,7 @@ from psycopg.conninfo import make_conninfo
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 PRIMARY_PORT = int(os.environ.get("TIDEGATE_PRIMARY_PORT", "15432"))
+REDIS_PORT = int(os.environ.get("TIDEGATE_REDIS_PORT", "16379"))
 
 # Default ports for the instances the suite starts itself.
 TIDEGATE_PORT = int(os.environ.get("TIDEGATE_TEST_PORT", "16432"))
@@ -1082,6 +1083,16 @@ def run_migrate(config: Path, db: str, *args: str, directory: Path | None = None
     """`tidegate migrate` of `db` with the repository's migrations (or `directory`)."""
     return run_tidegate("migrate", "--config", str(config), "--database", db, "--dir",
                         str(directory or REPO / "migrations"), *args)
+
+
+def redis_up(port: int | None = None) -> bool:
+    """A PING to the lab Redis (or another on `port`) answered with PONG."""
+    try:
+        with socket.create_connection((HOST, port or REDIS_PORT), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def lab_primary_up() -> bool:
