@@ -1938,8 +1938,11 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         parts.append(self.cacheSettingsKey)
         parts.append(Array(query.readableBytesView))
         parts.append(contentsOf: extra)
+        let key = CacheKey(parts: parts)
+        // The entry holds the key material too: a text and parameters past the entry limit are not cached.
+        guard key.material.count < settings.maxEntryBytes else { return nil }
         return CachePlan(
-            key: CacheKey(parts: parts), database: self.database, fingerprint: profile.fingerprint, tags: tags, ttlMs: ttl,
+            key: key, database: self.database, fingerprint: profile.fingerprint, tags: tags, ttlMs: ttl,
             maxStalenessMs: staleness)
     }
 
@@ -1962,7 +1965,9 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 self.serveCacheHit(reply, prelude: prelude, started: started)
             case .success(.miss(let ticket)):
                 if let ticket {
-                    self.cacheFill = (ticket, ReplyCapture(limit: tier.settings.maxEntryBytes), topology)
+                    // Key material and reply together stay within cache.max_entry_bytes.
+                    let limit = tier.settings.maxEntryBytes - ticket.plan.key.material.count
+                    self.cacheFill = (ticket, ReplyCapture(limit: limit), topology)
                 }
                 for frame in frames { self.handleReadyFrame(frame) }
             case .success(.bypass), .failure:
