@@ -2299,6 +2299,14 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         guard let batcher = self.shard.batcher, let relation = self.config.relations[shape.relation], relation.batch.enabled else {
             return false
         }
+        if !shape.functions.isEmpty {
+            // Only functions whose result the values and the settings decide (not now(), not volatile ones):
+            // a batch runs later, in another transaction.
+            let primary = self.shard.topology.primary ?? (self.shard.routes ? nil : self.config.nodes.first?.name)
+            guard case .loaded(let catalog) = self.shard.functionCatalog(database: self.database, user: self.userName, primary: primary),
+                shape.functions.allSatisfy({ catalog.isCacheSafe($0, allowed: []) })
+            else { return false }
+        }
         self.batchSequence += 1
         let id = self.batchSequence
         var reply = reply
