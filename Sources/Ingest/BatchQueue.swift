@@ -9,12 +9,17 @@ public struct BatchPolicy: Sendable, Equatable {
     public var maxBytes: Int
     public var maxDelayNanos: Int64
     public var maxConcurrent: Int
+    /// While fewer batches than this commit, a batch goes at once (the primary has room for it).
+    public var eagerBelow: Int
 
-    public init(maxRows: Int = 5_000, maxBytes: Int = 4 << 20, maxDelayNanos: Int64 = 5_000_000, maxConcurrent: Int = 2) {
+    public init(
+        maxRows: Int = 5_000, maxBytes: Int = 4 << 20, maxDelayNanos: Int64 = 5_000_000, maxConcurrent: Int = 2, eagerBelow: Int = 1
+    ) {
         self.maxRows = max(1, maxRows)
         self.maxBytes = max(1, maxBytes)
         self.maxDelayNanos = max(0, maxDelayNanos)
         self.maxConcurrent = max(1, maxConcurrent)
+        self.eagerBelow = min(max(0, eagerBelow), self.maxConcurrent)
     }
 }
 
@@ -68,8 +73,8 @@ public struct BatchQueue: Sendable {
     private mutating func decide(now: Int64) -> [Action] {
         var actions: [Action] = []
         while self.inFlight < self.policy.maxConcurrent, let oldest = self.entries.first {
-            let due = self.inFlight == 0 || self.queuedRows >= self.policy.maxRows || self.queuedBytes >= self.policy.maxBytes
-                || now - oldest.enqueuedAt >= self.policy.maxDelayNanos
+            let due = self.inFlight < self.policy.eagerBelow || self.queuedRows >= self.policy.maxRows
+                || self.queuedBytes >= self.policy.maxBytes || now - oldest.enqueuedAt >= self.policy.maxDelayNanos
             guard due else { break }
             var count = 0
             var rows = 0

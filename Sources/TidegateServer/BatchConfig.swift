@@ -10,6 +10,8 @@ extension TidegateConfig {
         public var maxDelayMs = 5
         /// Batches of one group committing at a time.
         public var maxConcurrent = 2
+        /// While fewer batches than this commit, the next one goes at once.
+        public var eagerBelow = 1
         /// Bytes of values waiting per loop and relation; past it, writers are not read until batches commit.
         public var maxQueueBytes = 64 << 20
         /// `ignore`: a row whose natural key (the primary key) is already there is skipped and counts 0.
@@ -19,7 +21,7 @@ extension TidegateConfig {
         public var policy: BatchPolicy {
             BatchPolicy(
                 maxRows: self.maxRows, maxBytes: self.maxBytes, maxDelayNanos: Int64(self.maxDelayMs) * 1_000_000,
-                maxConcurrent: self.maxConcurrent)
+                maxConcurrent: self.maxConcurrent, eagerBelow: self.eagerBelow)
         }
     }
 
@@ -37,6 +39,7 @@ extension TidegateConfig {
         fields.int("\(key).max_delay_ms", &batch.maxDelayMs, min: 0, max: 60_000)
         fields.int("\(key).max_concurrent", &batch.maxConcurrent, min: 1, max: 64)
         fields.int("\(key).max_queue_bytes", &batch.maxQueueBytes, min: 1_024)
+        fields.int("\(key).eager_below", &batch.eagerBelow, min: 0, max: 64)
         var conflict = "error"
         fields.string("\(key).on_conflict", &conflict)
         switch conflict.lowercased() {

@@ -759,6 +759,9 @@ final class Batcher: @unchecked Sendable {
         }
     }
 
+    /// Nothing waits or commits.
+    var isIdle: Bool { self.queuedBytes.values.allSatisfy { $0 <= 0 } }
+
     func stop() {
         for group in self.groups.values { group.timer?.cancel() }
     }

@@ -2477,6 +2477,8 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     }
 
     var serverID: Int? { self.server?.id }
+    /// Statements of this client are with the batcher (shutdown waits for their commit).
+    var awaitsBatches: Bool { !self.batchReplies.isEmpty }
     var isAdmin: Bool {
         if case .admin = self.phase { return true }
         return false
