@@ -650,8 +650,10 @@ final class Batcher: @unchecked Sendable {
                     next.append(.batch(first))
                     next.append(.batch(second))
                 } else {
-                    // Not about a row (permissions, a changed table…): each statement as sent.
+                    // Not about a row (permissions, a changed table…): each statement as sent, and the next
+                    // statement of this shape describes it again.
                     next.append(contentsOf: range.map { Unit.original($0) })
+                    if self.groups[run.group.key] === run.group { self.groups.removeValue(forKey: run.group.key) }
                 }
                 return
             }

@@ -54,6 +54,14 @@ import Testing
         #expect(bytes.queuedBytes == 600)
     }
 
+    @Test func eagerBelowSendsWhileFewerCommit() {
+        var queue = BatchQueue(policy: BatchPolicy(maxRows: 10, maxBytes: 1_000, maxDelayNanos: 5_000_000, maxConcurrent: 3, eagerBelow: 2))
+        #expect(queue.enqueued(rows: 1, bytes: 10, now: 0) == [.flush(statements: 1)])
+        #expect(queue.enqueued(rows: 1, bytes: 10, now: 1) == [.flush(statements: 1)])
+        #expect(queue.enqueued(rows: 1, bytes: 10, now: 2) == [.armTimer(at: 5_000_002)])
+        #expect(queue.inFlight == 2)
+    }
+
     @Test func anOversizedStatementStillGoes() {
         var queue = BatchQueue(policy: self.policy)
         #expect(queue.enqueued(rows: 50, bytes: 5_000, now: 0) == [.flush(statements: 1)])
