@@ -1,4 +1,5 @@
 import Cache
+import Foundation
 import NIOCore
 
 /// A validation rule of a batched relation (`relations.<name>.batch.rules.<rule>`): checked on every row
@@ -56,10 +57,11 @@ public struct BatchRule: Sendable, Equatable {
         switch (self.check, value) {
         case (.notNull, let value): return value != nil
         case (_, nil): return true
-        case (.greaterThan(let bound), .number(let x)?): return x > bound
-        case (.greaterOrEqual(let bound), .number(let x)?): return x >= bound
-        case (.lessThan(let bound), .number(let x)?): return x < bound
-        case (.lessOrEqual(let bound), .number(let x)?): return x <= bound
+        // NaN sorts above every number, as PostgreSQL compares numeric and float values.
+        case (.greaterThan(let bound), .number(let x)?): return x.isNaN || x > bound
+        case (.greaterOrEqual(let bound), .number(let x)?): return x.isNaN || x >= bound
+        case (.lessThan(let bound), .number(let x)?): return !x.isNaN && x < bound
+        case (.lessOrEqual(let bound), .number(let x)?): return !x.isNaN && x <= bound
         case (.maxFutureMs(let ms), .instant(let t)?): return t <= nowMicros + ms * 1_000
         case (.maxPastMs(let ms), .instant(let t)?): return t >= nowMicros - ms * 1_000
         case (.greaterThan, .instant?), (.greaterOrEqual, .instant?), (.lessThan, .instant?), (.lessOrEqual, .instant?),
@@ -107,17 +109,29 @@ public enum RuleValueReader {
         }
     }
 
-    /// An instant from a value of type `oid` (text only with an explicit zone, or in a UTC session).
-    public static func instant(_ value: ByteBuffer, oid: UInt32, binary: Bool, utcSession: Bool) -> Int64? {
+    /// An instant from a value of type `oid`. Text without a zone is local time in the session's `zone`
+    /// (as PostgreSQL reads it for timestamptz); nil when the zone is unknown to this system.
+    public static func instant(_ value: ByteBuffer, oid: UInt32, binary: Bool, zone: TimeZone?) -> Int64? {
         if !binary {
             guard let (micros, hasZone) = TimestampText.micros(utf8: value.readableBytesView) else { return nil }
-            return hasZone || utcSession || oid == timestamp ? micros : nil
+            if hasZone || oid == timestamp { return micros }
+            guard let zone else { return nil }
+            return Self.fromLocal(micros, zone: zone)
         }
         guard oid == timestamp || oid == timestamptz, value.readableBytes == 8,
             let micros = value.getInteger(at: value.readerIndex, as: Int64.self)
         else { return nil }
         if micros == .max || micros == .min { return micros }
         return micros + TimestampText.postgresEpochMicros
+    }
+
+    /// The instant of a local wall-clock time in `zone` (the offset in force at that instant).
+    static func fromLocal(_ local: Int64, zone: TimeZone) -> Int64? {
+        guard local != .max, local != .min else { return local }
+        let guess = Date(timeIntervalSince1970: Double(local) / 1_000_000)
+        let first = Int64(zone.secondsFromGMT(for: guess)) * 1_000_000
+        let instant = Date(timeIntervalSince1970: Double(local - first) / 1_000_000)
+        return local - Int64(zone.secondsFromGMT(for: instant)) * 1_000_000
     }
 
     /// `to_timestamp(seconds)`: the instant of a number of seconds since the Unix epoch.

@@ -141,54 +141,56 @@ public enum InsertAnalyzer {
         guard statements.count == 1, let statement = statements[0]["stmt"] as? [String: Any],
             let insert = statement["InsertStmt"] as? [String: Any]
         else { return .failure(InsertRefusal("not a single INSERT")) }
-        if insert["returningList"] != nil { return .failure(InsertRefusal("RETURNING")) }
-        if insert["onConflictClause"] != nil { return .failure(InsertRefusal("ON CONFLICT")) }
-        if insert["withClause"] != nil { return .failure(InsertRefusal("WITH")) }
+        let target = (insert["relation"] as? [String: Any])?["relname"] as? String
+        func refuse(_ reason: String) -> Result<InsertShape, InsertRefusal> { .failure(InsertRefusal(reason, relation: target)) }
+        if insert["returningList"] != nil { return refuse("RETURNING") }
+        if insert["onConflictClause"] != nil { return refuse("ON CONFLICT") }
+        if insert["withClause"] != nil { return refuse("WITH") }
         if let override = insert["override"] as? String, override != "OVERRIDING_NOT_SET" {
-            return .failure(InsertRefusal("OVERRIDING"))
+            return refuse("OVERRIDING")
         }
         guard let relation = insert["relation"] as? [String: Any], let name = relation["relname"] as? String else {
-            return .failure(InsertRefusal("no target relation"))
+            return refuse("no target relation")
         }
-        if relation["catalogname"] != nil { return .failure(InsertRefusal("a database-qualified name")) }
-        if relation["alias"] != nil { return .failure(InsertRefusal("an alias")) }
+        if relation["catalogname"] != nil { return refuse("a database-qualified name") }
+        if relation["alias"] != nil { return refuse("an alias") }
         var columns: [String] = []
         for column in insert["cols"] as? [[String: Any]] ?? [] {
             guard let target = column["ResTarget"] as? [String: Any], let name = target["name"] as? String,
                 target["indirection"] == nil
-            else { return .failure(InsertRefusal("a column with subscripts or fields")) }
+            else { return refuse("a column with subscripts or fields") }
             columns.append(name)
         }
         guard let selectNode = (insert["selectStmt"] as? [String: Any])?["SelectStmt"] as? [String: Any],
             let lists = selectNode["valuesLists"] as? [[String: Any]], !lists.isEmpty
-        else { return .failure(InsertRefusal("not INSERT … VALUES")) }
+        else { return refuse("not INSERT … VALUES") }
         for key in ["withClause", "sortClause", "limitCount", "limitOffset", "lockingClause"] where selectNode[key] != nil {
-            return .failure(InsertRefusal("VALUES with \(key)"))
+            return refuse("VALUES with \(key)")
         }
         var shape = InsertShape(
             schema: relation["schemaname"] as? String, relation: name, columns: columns, items: [], slotClasses: [], rows: [],
             functions: [], parameterCount: 0)
         for (index, list) in lists.enumerated() {
             guard let items = (list["List"] as? [String: Any])?["items"] as? [[String: Any]] else {
-                return .failure(InsertRefusal("an empty VALUES row"))
+                return refuse("an empty VALUES row")
             }
             var row = RowBuilder(source: source)
             var expressions: [InsertExpression] = []
             for item in items {
                 guard let expression = row.expression(item) else {
-                    return .failure(InsertRefusal(row.refusal ?? "an expression other than constants, parameters, casts and calls"))
+                    return refuse(row.refusal ?? "an expression other than constants, parameters, casts and calls")
                 }
                 expressions.append(expression)
             }
             if !columns.isEmpty && expressions.count != columns.count {
-                return .failure(InsertRefusal("VALUES lists and columns differ in number"))
+                return refuse("VALUES lists and columns differ in number")
             }
             if index == 0 {
                 shape.items = expressions
                 shape.slotClasses = row.classes
             } else {
                 guard expressions == shape.items, row.classes.count == shape.slotClasses.count else {
-                    return .failure(InsertRefusal("rows of different shapes"))
+                    return refuse("rows of different shapes")
                 }
                 for slot in row.classes.indices {
                     // NULL fits any slot; numbers widen; anything else must match.
@@ -198,7 +200,7 @@ public enum InsertAnalyzer {
                         continue
                     }
                     guard let widened = InsertSlotClass.widen(shape.slotClasses[slot], row.classes[slot]) else {
-                        return .failure(InsertRefusal("rows of different shapes"))
+                        return refuse("rows of different shapes")
                     }
                     shape.slotClasses[slot] = widened
                 }
@@ -371,5 +373,10 @@ public enum InsertAnalyzer {
 /// Why a statement is not batchable.
 public struct InsertRefusal: Error, Sendable, Equatable {
     public var reason: String
-    public init(_ reason: String) { self.reason = reason }
+    /// The target relation, when the statement is an INSERT.
+    public var relation: String?
+    public init(_ reason: String, relation: String? = nil) {
+        self.reason = reason
+        self.relation = relation
+    }
 }

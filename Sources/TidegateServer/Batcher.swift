@@ -31,18 +31,19 @@ final class BatchItem: @unchecked Sendable {
     let values: [[ByteBuffer?]]
     let bytes: Int
     let original: BatchOriginal
-    let utcSession: Bool
+    /// The session's TimeZone (zone-less timestamp text is local time there).
+    let zone: TimeZone?
     let enqueuedAt = NIODeadline.now()
     let done: @Sendable (BatchOutcome) -> Void
     var rowCount: Int { self.values.count }
 
-    init(values: [[ByteBuffer?]], original: BatchOriginal, utcSession: Bool, done: @escaping @Sendable (BatchOutcome) -> Void) {
+    init(values: [[ByteBuffer?]], original: BatchOriginal, zone: TimeZone?, done: @escaping @Sendable (BatchOutcome) -> Void) {
         self.values = values
         var bytes = 64
         for row in values { for value in row { bytes += (value?.readableBytes ?? 0) + 4 } }
         self.bytes = bytes
         self.original = original
-        self.utcSession = utcSession
+        self.zone = zone
         self.done = done
     }
 }
@@ -63,6 +64,8 @@ enum RuleAccess {
     case slot(Int, oid: UInt32, binary: Bool)
     /// `to_timestamp(slot)`.
     case epochSeconds(Int, oid: UInt32, binary: Bool)
+    /// An expression Tidegate does not compute.
+    case uncomputable
 }
 
 /// The batch statement of a group, once the primary has described the clients' statement.
@@ -228,7 +231,7 @@ final class Batcher: @unchecked Sendable {
                         break
                     }
                     if rule.isTimeRule {
-                        value = RuleValueReader.instant(raw, oid: oid, binary: binary, utcSession: item.utcSession).map(RuleValue.instant)
+                        value = RuleValueReader.instant(raw, oid: oid, binary: binary, zone: item.zone).map(RuleValue.instant)
                     } else {
                         value = RuleValueReader.number(raw, oid: oid, binary: binary).map(RuleValue.number)
                     }
@@ -243,6 +246,12 @@ final class Batcher: @unchecked Sendable {
                         let instant = RuleValueReader.instant(seconds: seconds)
                     else { return self.unreadable(rule, relation: relation, raw: raw, binary: binary) }
                     value = rule.isTimeRule ? .instant(instant) : .number(seconds)
+                case .uncomputable:
+                    return ErrorFields(
+                        severity: "ERROR", sqlState: "23514",
+                        message: "new row for relation \"\(relation)\" cannot be checked against rule \"\(rule.name)\"",
+                        detail: "Tidegate computes \(rule.column) only from a value, a cast of one, or to_timestamp(value).",
+                        hint: "Send \(rule.column) as a value, or remove the rule.")
                 }
                 if !rule.accepts(value, nowMicros: now) {
                     let shown = row[slot].map { binaryOrText($0, item: item, slot: slot, access: access) } ?? "NULL"
@@ -259,10 +268,12 @@ final class Batcher: @unchecked Sendable {
 
     private func binaryOrText(_ raw: ByteBuffer, item: BatchItem, slot: Int, access: RuleAccess) -> String {
         switch access {
+        case .uncomputable:
+            return "(an expression)"
         case .slot(_, let oid, let binary), .epochSeconds(_, let oid, let binary):
             guard binary else { return String(buffer: raw) }
             if let number = RuleValueReader.number(raw, oid: oid, binary: true) { return BatchRuleText.number(number) }
-            if let instant = RuleValueReader.instant(raw, oid: oid, binary: true, utcSession: true) {
+            if let instant = RuleValueReader.instant(raw, oid: oid, binary: true, zone: nil) {
                 return BatchRuleText.instant(instant)
             }
             return "(binary value)"
@@ -275,8 +286,8 @@ final class Batcher: @unchecked Sendable {
             message: "new row for relation \"\(relation)\" cannot be checked against rule \"\(rule.name)\"",
             detail: binary
                 ? "Tidegate reads binary int2, int4, int8, float4, float8, numeric, timestamp and timestamptz values only."
-                : "Tidegate could not read \"\(String(buffer: raw))\" as \(rule.isTimeRule ? "a timestamp with a time zone (or in a UTC session)" : "a number").",
-            hint: "Send \(rule.column) as a number or an ISO timestamp with a zone, or remove the rule.")
+                : "Tidegate could not read \"\(String(buffer: raw))\" as \(rule.isTimeRule ? "an ISO 8601 timestamp (YYYY-MM-DD HH:MM:SS, with a zone or in the session's TimeZone)" : "a number").",
+            hint: "Send \(rule.column) as a number or an ISO timestamp, or remove the rule.")
     }
 
     // MARK: Preparing a group
@@ -349,7 +360,11 @@ final class Batcher: @unchecked Sendable {
         var arrayOIDs: [UInt32] = []
         for oid in slotOIDs {
             guard let array = arrayOf[oid] else {
-                return .success(PreparedBatch.unbatchable("type \(oid) has no array type with a comma delimiter"))
+                return .success(
+                    PreparedBatch.unbatchable(
+                        arrays.rows.contains(where: { $0.first == "\(oid)" && $0[safe: 1] == "0" })
+                            ? "a value of type \(oid) is an array (arrays of arrays are not sent)"
+                            : "type \(oid) has no array type with a comma delimiter"))
             }
             arrayOIDs.append(array)
         }
@@ -387,7 +402,8 @@ final class Batcher: @unchecked Sendable {
                 guard case .slot(let slot) = arguments[0] else { fallthrough }
                 rules.append((rule, .epochSeconds(slot, oid: slotOIDs[slot], binary: binary(slot))))
             default:
-                return .success(PreparedBatch.unbatchable("rule \(rule.name): Tidegate cannot compute \(rule.column) from its expression"))
+                // The rule must not be skipped: statements of this shape are rejected, saying why.
+                rules.append((rule, .uncomputable))
             }
         }
         var cache: BatchCacheColumns?
@@ -776,6 +792,10 @@ extension PreparedBatch {
             unbatchableReason: reason)
     }
 
+}
+
+extension Array {
+    subscript(safe index: Int) -> Element? { index >= 0 && index < self.count ? self[index] : nil }
 }
 
 /// Values in rule messages.

@@ -1,3 +1,4 @@
+import Foundation
 import Cache
 import DequeModule
 import Logging
@@ -2162,10 +2163,12 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             switch id {
             case .query:
                 var body = frame.body
-                if let query = body.readNullTerminatedBytes(), body.readableBytes == 0, let shape = self.shard.insertShape(query),
-                    self.submitSimpleBatch(frame, query: query, shape: shape)
-                {
-                    return .taken
+                if let query = body.readNullTerminatedBytes(), body.readableBytes == 0 {
+                    if let shape = self.shard.insertShape(query) {
+                        if self.submitSimpleBatch(frame, query: query, shape: shape) { return .taken }
+                    } else {
+                        self.shard.noteNotBatched(query, database: self.database)
+                    }
                 }
             case .parse:
                 if let parse = try? FrontendMessage.parse(frame), self.shard.insertShape(parse.queryBytes) != nil,
@@ -2175,11 +2178,12 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                     return .taken
                 }
             case .bind:
-                if let bind = try? FrontendMessage.bind(frame), let info = self.lookup(bind.statementName),
-                    self.shard.insertShape(info.clientQuery) != nil
-                {
-                    self.batchCandidate = [frame]
-                    return .taken
+                if let bind = try? FrontendMessage.bind(frame), let info = self.lookup(bind.statementName) {
+                    if self.shard.insertShape(info.clientQuery) != nil {
+                        self.batchCandidate = [frame]
+                        return .taken
+                    }
+                    self.shard.noteNotBatched(info.clientQuery, database: self.database)
                 }
             default:
                 break
@@ -2311,8 +2315,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         let id = self.batchSequence
         var reply = reply
         reply.id = id
-        let utc = Self.utcZones.contains(self.reportedParameters["TimeZone"] ?? "")
-        let item = BatchItem(values: values, original: original, utcSession: utc) { [weak self] outcome in
+        let item = BatchItem(values: values, original: original, zone: self.sessionTimeZone) { [weak self] outcome in
             self?.batchFinished(id, outcome)
         }
         let key = BatchGroupKey(
@@ -2340,6 +2343,13 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         }
         self.batchReplies.append(reply)
         return true
+    }
+
+    /// The session's TimeZone as this system knows it (nil: unknown, e.g. a POSIX rule string).
+    private var sessionTimeZone: TimeZone? {
+        let name = self.reportedParameters["TimeZone"] ?? "UTC"
+        if Self.utcZones.contains(name) { return TimeZone(identifier: "UTC") }
+        return TimeZone(identifier: name)
     }
 
     /// The relation's buffer had no room for the waiting statement: try again (stay paused while full).

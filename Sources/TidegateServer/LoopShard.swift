@@ -48,7 +48,7 @@ final class LoopShard: @unchecked Sendable {
     var cacheHits = 0
     /// Insert coalescing (nil when no relation is batched), and batchable shapes by text.
     lazy var batcher: Batcher? = self.config.batchedRelations.isEmpty ? nil : Batcher(shard: self, logger: self.logger)
-    var insertShapeMemo: [ByteBuffer: InsertShape?] = [:]
+    var insertShapeMemo: [ByteBuffer: InsertMemo] = [:]
     lazy var commitProbe = CommitLSNProbe(loop: self.loop, logger: self.logger)
     /// The cache's once-a-second work (on the first loop only).
     var cacheHousekeeping: [RepeatedTask] = []

@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import SQLAnalysis
 import Testing
@@ -43,6 +44,9 @@ import Testing
         #expect(rule.accepts(nil, nowMicros: 0))  // like CHECK: NULL passes
         #expect(!BatchRule(name: "n", column: "price", check: .notNull).accepts(nil, nowMicros: 0))
         #expect(rule.text == "price > 0")
+        // NaN is above every number, as in PostgreSQL.
+        #expect(rule.accepts(.number(.nan), nowMicros: 0))
+        #expect(!BatchRule(name: "cap", column: "price", check: .lessThan(10)).accepts(.number(.nan), nowMicros: 0))
     }
 
     @Test func instantsAgainstTheClock() {
@@ -64,14 +68,21 @@ import Testing
         for value: Int16 in [3, 1, 0, 3, 1, 2345, 6780] { numeric.writeInteger(value) }
         #expect(abs((RuleValueReader.number(numeric, oid: 1700, binary: true) ?? 0) - 12345.678) < 1e-9)
         let nineUTC: Int64 = 1_793_610_000_000_000
-        let zoned = RuleValueReader.instant(ByteBuffer(string: "2026-11-02 10:00:00+01"), oid: 1184, binary: false, utcSession: false)
+        let zoned = RuleValueReader.instant(ByteBuffer(string: "2026-11-02 10:00:00+01"), oid: 1184, binary: false, zone: nil)
         #expect(zoned == nineUTC)
-        // Without a zone the session's TimeZone decides: unknown outside UTC.
-        #expect(RuleValueReader.instant(ByteBuffer(string: "2026-11-02 10:00:00"), oid: 1184, binary: false, utcSession: false) == nil)
-        #expect(RuleValueReader.instant(ByteBuffer(string: "2026-11-02 10:00:00"), oid: 1184, binary: false, utcSession: true) == 1_793_613_600_000_000)
+        // Without a zone the session's TimeZone decides (New York is at -05:00 on 2 November 2026, -04:00 in
+        // July); an unknown zone leaves it unread.
+        #expect(RuleValueReader.instant(ByteBuffer(string: "2026-11-02 10:00:00"), oid: 1184, binary: false, zone: nil) == nil)
+        let utc = TimeZone(identifier: "UTC")
+        #expect(RuleValueReader.instant(ByteBuffer(string: "2026-11-02 10:00:00"), oid: 1184, binary: false, zone: utc) == 1_793_613_600_000_000)
+        let newYork = TimeZone(identifier: "America/New_York")
+        let winter: Int64 = 1_793_613_600_000_000 + 5 * 3_600_000_000
+        let summer: Int64 = 1_782_900_000_000_000 + 4 * 3_600_000_000
+        #expect(RuleValueReader.instant(ByteBuffer(string: "2026-11-02 10:00:00"), oid: 1184, binary: false, zone: newYork) == winter)
+        #expect(RuleValueReader.instant(ByteBuffer(string: "2026-07-01 10:00:00"), oid: 1184, binary: false, zone: newYork) == summer)
         var binary = ByteBuffer()
         binary.writeInteger(Int64(1_793_613_600_000_000 - 946_684_800_000_000))
-        #expect(RuleValueReader.instant(binary, oid: 1184, binary: true, utcSession: false) == 1_793_613_600_000_000)
+        #expect(RuleValueReader.instant(binary, oid: 1184, binary: true, zone: nil) == 1_793_613_600_000_000)
         #expect(RuleValueReader.instant(seconds: 1.5) == 1_500_000)
     }
 }
