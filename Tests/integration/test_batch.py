@@ -572,6 +572,7 @@ def test_rules_reject_before_batching(err: h.Proxy, batch_db: str):
         ("simple", [make_row(symbol, ts=now + timedelta(hours=1))], "ts_not_future"),
         ("extended", [make_row(symbol), make_row(symbol, price=Decimal(0)), make_row(symbol)], "price_positive"),
         ("simple", [make_row(symbol), make_row(symbol, ts=now + timedelta(hours=1))], "ts_not_future"),
+        ("to_timestamp", [make_row(symbol, ts=now + timedelta(hours=1))], "ts_not_future"),
     ]
     accepted: set[int] = set()
     rejected: set[int] = set()
@@ -582,6 +583,9 @@ def test_rules_reject_before_batching(err: h.Proxy, batch_db: str):
             with pytest.raises(psycopg.Error) as failure:
                 if form == "simple":
                     literal.execute(insert_sql(len(rows)), literal_params(rows))
+                elif form == "to_timestamp":  # an immutable function of a parameter is evaluated too
+                    c.execute(f"INSERT INTO ticks {COLUMNS} VALUES (to_timestamp(%s), %s, %s, %s, %s, %s)",
+                              [rows[0][0].timestamp()] + list(rows[0][1:]))
                 else:
                     c.execute(insert_sql(len(rows)), flat(rows), prepare=form == "prepared")
             e = failure.value
@@ -606,6 +610,43 @@ def test_rules_reject_before_batching(err: h.Proxy, batch_db: str):
     after = batch_stats(err, batch_db)
     assert delta(before, after, "rejects") >= len(cases), \
         f"{len(cases)} rejected statements, SHOW BATCHES rejects {before['rejects']} -> {after['rejects']}"
+
+
+def test_privileges_and_search_path_are_the_senders(err: h.Proxy, batch_db: str):
+    """A batched row is inserted with its sender's rights and name resolution: a role without INSERT on
+    ticks (tg_md5) gets PostgreSQL's 42501 and nothing is stored; a session whose search_path puts
+    another schema's ticks first inserts there, as it would directly."""
+    symbol = new_symbol("PRIV")
+    row = make_row(symbol)
+    with psycopg.connect(h.direct_dsn(db=batch_db, user="tg_md5"), autocommit=True) as d:
+        with pytest.raises(psycopg.Error) as failure:
+            d.execute(insert_sql(1), row)
+        reference = error_fields(failure.value)
+    assert reference["sqlstate"] == "42501", reference
+    with psycopg.connect(err.dsn(db=batch_db, user="tg_md5", password="tg_md5"), autocommit=True) as c:
+        for prepare in (False, True):
+            with pytest.raises(psycopg.Error) as failure:
+                c.execute(insert_sql(1), row, prepare=prepare)
+            assert error_fields(failure.value) == reference
+    assert trade_ids(batch_db, symbol) == []
+
+    schema = h.unique_name("tg_it_s").lower()
+    with direct(batch_db) as d:
+        d.execute(f"CREATE SCHEMA {schema}")
+        d.execute(f"CREATE TABLE {schema}.ticks (LIKE public.ticks INCLUDING ALL)")
+    try:
+        with connect(err, batch_db) as c:
+            c.execute(f"SET search_path = {schema}, public")
+            other = make_row(symbol)
+            assert c.execute(insert_sql(1), other).statusmessage == "INSERT 0 1"
+            c.execute("RESET search_path")
+            assert c.execute(insert_sql(1), row).statusmessage == "INSERT 0 1"
+        with direct(batch_db) as d:
+            assert d.execute(f"SELECT trade_id FROM {schema}.ticks").fetchall() == [(other[5],)]
+        assert trade_ids(batch_db, symbol) == [row[5]]
+    finally:
+        with direct(batch_db) as d:
+            d.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 # --------------------------------------------------------------------------------------------
@@ -937,7 +978,8 @@ def test_show_batches_and_metrics(err: h.Proxy, batch_db: str):
     assert len(mine) == 1, rows
     stats = batch_stats(err, batch_db)
     assert stats["rows"] >= 160 and stats["batches"] >= 1 and stats["queued_rows"] == 0, stats
-    assert abs(stats["avg_rows"] - stats["rows"] / stats["batches"]) <= max(0.05 * stats["avg_rows"], 0.01), stats
+    # avg_rows is the mean size of the recent batches (not rows / batches since the start)
+    assert 1 <= stats["avg_rows"] <= stats["rows"], stats
 
     def samples() -> dict[str, float]:
         status, _, body = h.http_get(err.http[0], err.http[1], "/metrics")
