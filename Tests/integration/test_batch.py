@@ -1144,8 +1144,9 @@ def replicas_replayed(db: str, timeout: float = 30) -> bool:
 
 
 def test_read_your_writes_after_batched_insert(tidegate_instance, batch_db: str):
-    """With the lab's regions (reads on the us-east replica, read_your_writes: session): right after a
-    batched insert is acknowledged, the session's next read has the row, 300 times in a row."""
+    """With the lab's regions (reads on the us-east replica, read_your_writes: session): a session that
+    has not written reads on a replica; right after a batched insert is acknowledged, the session's
+    next read has the row (wherever it is served), 300 times in a row."""
     if not replicas_replayed(batch_db):
         pytest.skip("the lab replicas 15433/15434 are not streaming the scratch database (scripts/lab up)")
     overrides = h.regions_overrides()
@@ -1154,6 +1155,14 @@ def test_read_your_writes_after_batched_insert(tidegate_instance, batch_db: str)
     h.wait_nodes(p, {"primary": ("primary", "up"), "us-east-1": ("replica", "up"),
                      "eu-west-1": ("replica", "up")}, timeout=20)
     require_batching(p, batch_db)
+
+    def fresh_read_port() -> int:
+        with connect(p, batch_db) as c:
+            return int(c.execute("SELECT count(*), inet_server_port() FROM ticks WHERE symbol = 'NONE'").fetchone()[1])
+
+    # The control: a session that has not written reads on a replica (else the test proves nothing).
+    assert h.wait_for(lambda: fresh_read_port() != h.PRIMARY_PORT, 15, 0.2), \
+        "reads of a session without writes never leave the primary"
     symbol = new_symbol("RYW")
     read = "SELECT count(*), inet_server_port() FROM ticks WHERE symbol = %s AND trade_id = %s"
     ports: Counter = Counter()
