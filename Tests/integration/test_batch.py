@@ -17,7 +17,6 @@ in a rolled-back transaction for errors, the same statements on another symbol f
 from __future__ import annotations
 
 import itertools
-import os
 import random
 import secrets
 import signal
@@ -27,7 +26,7 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 import psycopg
 import pytest
