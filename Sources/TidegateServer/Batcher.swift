@@ -182,16 +182,94 @@ final class Batcher: @unchecked Sendable {
 
     /// A statement of a prepared group: checked against the rules, then queued.
     private func admit(_ item: BatchItem, to group: BatchGroup) {
-        if case .ready(let prepared) = group.state, !prepared.rules.isEmpty,
-            let rejection = self.check(item, rules: prepared.rules, relation: group.relation.name)
-        {
-            self.stats.rejected(database: group.key.database, relation: group.relation.name)
-            self.finish(item, group: group, outcome: .failed(rejection, before: []))
-            return
+        if case .ready(let prepared) = group.state, !prepared.rules.isEmpty {
+            switch self.check(item, rules: prepared.rules, relation: group.relation.name, resolved: [:]) {
+            case .accept:
+                break
+            case .reject(let rejection):
+                self.stats.rejected(database: group.key.database, relation: group.relation.name)
+                self.finish(item, group: group, outcome: .failed(rejection, before: []))
+                return
+            case .ask(let questions):
+                // Text Tidegate cannot read (a DateStyle-dependent date, say): PostgreSQL reads it, under
+                // the sender's settings, before the rule decides.
+                self.resolve(questions, item: item, group: group, prepared: prepared)
+                return
+            }
         }
+        self.enqueue(item, group: group)
+    }
+
+    private func enqueue(_ item: BatchItem, group: BatchGroup) {
         group.items.append(item)
         let actions = group.queue.enqueued(rows: item.rowCount, bytes: item.bytes, now: Self.now())
         self.perform(actions, group: group)
+    }
+
+    /// A value a rule needs that PostgreSQL must read: (row, rule index) and the value with its type.
+    struct RuleQuestion {
+        var row: Int
+        var rule: Int
+        var value: ByteBuffer
+        var oid: UInt32
+        var time: Bool
+    }
+
+    enum RuleCheck {
+        case accept
+        case reject(ErrorFields)
+        case ask([RuleQuestion])
+    }
+
+    private func resolve(_ questions: [RuleQuestion], item: BatchItem, group: BatchGroup, prepared: PreparedBatch) {
+        let key = group.key
+        self.withPrimary(database: key.database, user: key.user, settings: key.settings, since: .now()) { result in
+            guard case .success((let server, let pool)) = result else {
+                if case .failure(let error) = result { self.finish(item, group: group, outcome: .failed(Self.unavailable(error), before: [])) }
+                return
+            }
+            var messages = ByteBuffer()
+            for question in questions {
+                let sql = question.time ? "SELECT extract(epoch FROM $1)::float8" : "SELECT ($1)::float8"
+                FrontendEncoder.parse(&messages, name: "", query: sql, parameterTypes: [question.oid])
+                FrontendEncoder.bind(&messages, portal: "", statement: "", parameterFormats: [], values: [question.value], resultFormats: [])
+                FrontendEncoder.execute(&messages, portal: "")
+                FrontendEncoder.sync(&messages)
+            }
+            BatchPipeline.run(messages, units: questions.count, on: server).whenComplete { result in
+                switch result {
+                case .success(let answers):
+                    pool.release(server)
+                    var resolved: [Int: RuleValue?] = [:]
+                    for (question, answer) in zip(questions, answers) {
+                        if let error = answer.error {
+                            // PostgreSQL refuses the value itself: the sender gets that error, as directly.
+                            self.finish(item, group: group, outcome: .failed(error, before: []))
+                            return
+                        }
+                        let number = answer.rows.first?.first.flatMap { $0.flatMap { Double($0) } }
+                        resolved[question.row * 1_024 + question.rule] =
+                            question.time ? number.flatMap(RuleValueReader.instant(seconds:)).map(RuleValue.instant) : number.map(RuleValue.number)
+                    }
+                    switch self.check(item, rules: prepared.rules, relation: group.relation.name, resolved: resolved) {
+                    case .accept:
+                        self.enqueue(item, group: group)
+                    case .reject(let rejection):
+                        self.stats.rejected(database: key.database, relation: group.relation.name)
+                        self.finish(item, group: group, outcome: .failed(rejection, before: []))
+                    case .ask(let more):
+                        let raw = more.first.map { String(buffer: $0.value) } ?? ""
+                        let rule = more.first.map { prepared.rules[$0.rule].0 }
+                        self.finish(
+                            item, group: group,
+                            outcome: .failed(self.unreadable(rule ?? prepared.rules[0].0, relation: group.relation.name, raw: ByteBuffer(string: raw), binary: false), before: []))
+                    }
+                case .failure(let error):
+                    pool.discard(server)
+                    self.finish(item, group: group, outcome: .failed(Self.unavailable(error), before: []))
+                }
+            }
+        }
     }
 
     static func now() -> Int64 { Int64(NIODeadline.now().uptimeNanoseconds) }
@@ -217,53 +295,62 @@ final class Batcher: @unchecked Sendable {
 
     // MARK: Rules
 
-    private func check(_ item: BatchItem, rules: [(BatchRule, RuleAccess)], relation: String) -> ErrorFields? {
+    /// Checks every row against the rules. `resolved` holds what PostgreSQL read for values Tidegate could
+    /// not (by row × 1,024 + rule index).
+    private func check(
+        _ item: BatchItem, rules: [(BatchRule, RuleAccess)], relation: String, resolved: [Int: RuleValue?]
+    ) -> RuleCheck {
         let now = CacheTier.nowMillis() * 1_000
-        for row in item.values {
-            for (rule, access) in rules {
-                let value: RuleValue?
+        var questions: [RuleQuestion] = []
+        for (rowIndex, row) in item.values.enumerated() {
+            for (ruleIndex, (rule, access)) in rules.enumerated() {
+                var value: RuleValue?
                 let slot: Int
                 switch access {
                 case .slot(let index, let oid, let binary):
                     slot = index
-                    guard let raw = row[index] else {
-                        value = nil
-                        break
-                    }
-                    if rule.isTimeRule {
+                    guard let raw = row[index] else { break }
+                    if let known = resolved[rowIndex * 1_024 + ruleIndex] {
+                        value = known
+                    } else if rule.isTimeRule {
                         value = RuleValueReader.instant(raw, oid: oid, binary: binary, zone: item.zone).map(RuleValue.instant)
                     } else {
                         value = RuleValueReader.number(raw, oid: oid, binary: binary).map(RuleValue.number)
                     }
-                    if value == nil { return self.unreadable(rule, relation: relation, raw: raw, binary: binary) }
+                    if value == nil {
+                        guard !binary, resolved[rowIndex * 1_024 + ruleIndex] == nil else {
+                            return .reject(self.unreadable(rule, relation: relation, raw: raw, binary: binary))
+                        }
+                        questions.append(RuleQuestion(row: rowIndex, rule: ruleIndex, value: raw, oid: oid, time: rule.isTimeRule))
+                        continue
+                    }
                 case .epochSeconds(let index, let oid, let binary):
                     slot = index
-                    guard let raw = row[index] else {
-                        value = nil
-                        break
-                    }
+                    guard let raw = row[index] else { break }
                     guard let seconds = RuleValueReader.number(raw, oid: oid, binary: binary),
                         let instant = RuleValueReader.instant(seconds: seconds)
-                    else { return self.unreadable(rule, relation: relation, raw: raw, binary: binary) }
+                    else { return .reject(self.unreadable(rule, relation: relation, raw: raw, binary: binary)) }
                     value = rule.isTimeRule ? .instant(instant) : .number(seconds)
                 case .uncomputable:
-                    return ErrorFields(
-                        severity: "ERROR", sqlState: "23514",
-                        message: "new row for relation \"\(relation)\" cannot be checked against rule \"\(rule.name)\"",
-                        detail: "Tidegate computes \(rule.column) only from a value, a cast of one, or to_timestamp(value).",
-                        hint: "Send \(rule.column) as a value, or remove the rule.")
+                    return .reject(
+                        ErrorFields(
+                            severity: "ERROR", sqlState: "23514",
+                            message: "new row for relation \"\(relation)\" cannot be checked against rule \"\(rule.name)\"",
+                            detail: "Tidegate computes \(rule.column) only from a value, a cast of one, or to_timestamp(value).",
+                            hint: "Send \(rule.column) as a value, or remove the rule."))
                 }
                 if !rule.accepts(value, nowMicros: now) {
                     let shown = row[slot].map { binaryOrText($0, item: item, slot: slot, access: access) } ?? "NULL"
-                    return ErrorFields(
-                        severity: "ERROR", sqlState: "23514",
-                        message: "new row for relation \"\(relation)\" violates rule \"\(rule.name)\"",
-                        detail: "The rule asks for \(rule.text); the row has \(rule.column) = \(shown).",
-                        hint: "Rules are set under relations.\(relation).batch.rules in Tidegate's configuration.")
+                    return .reject(
+                        ErrorFields(
+                            severity: "ERROR", sqlState: "23514",
+                            message: "new row for relation \"\(relation)\" violates rule \"\(rule.name)\"",
+                            detail: "The rule asks for \(rule.text); the row has \(rule.column) = \(shown).",
+                            hint: "Rules are set under relations.\(relation).batch.rules in Tidegate's configuration."))
                 }
             }
         }
-        return nil
+        return questions.isEmpty ? .accept : .ask(questions)
     }
 
     private func binaryOrText(_ raw: ByteBuffer, item: BatchItem, slot: Int, access: RuleAccess) -> String {
