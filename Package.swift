@@ -73,12 +73,23 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "Ingest",
+            dependencies: [
+                "SQLAnalysis",
+                "Cache",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "TidegateServer",
             dependencies: [
                 "PostgresWire",
                 "SQLAnalysis",
                 "Topology",
                 "Cache",
+                "Ingest",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -122,6 +133,15 @@ let package = Package(
             dependencies: [
                 "Cache",
                 "Topology",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "IngestTests",
+            dependencies: [
+                "Ingest",
+                "SQLAnalysis",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings

@@ -225,6 +225,36 @@ public enum FrontendEncoder {
         }
     }
 
+    public static func bind(
+        _ buffer: inout ByteBuffer, portal: String, statement: String, parameterFormats: [Int16], values: [ByteBuffer?],
+        resultFormats: [Int16]
+    ) {
+        buffer.writePostgresMessage(id: FrontendMessageID.bind.rawValue) {
+            $0.writeCString(portal)
+            $0.writeCString(statement)
+            $0.writeInteger(Int16(truncatingIfNeeded: parameterFormats.count))
+            for format in parameterFormats { $0.writeInteger(format) }
+            $0.writeInteger(Int16(truncatingIfNeeded: values.count))
+            for value in values {
+                if let value {
+                    $0.writeInteger(Int32(value.readableBytes))
+                    $0.writeImmutableBuffer(value)
+                } else {
+                    $0.writeInteger(Int32(-1))
+                }
+            }
+            $0.writeInteger(Int16(truncatingIfNeeded: resultFormats.count))
+            for format in resultFormats { $0.writeInteger(format) }
+        }
+    }
+
+    public static func execute(_ buffer: inout ByteBuffer, portal: String, maxRows: Int32 = 0) {
+        buffer.writePostgresMessage(id: FrontendMessageID.execute.rawValue) {
+            $0.writeCString(portal)
+            $0.writeInteger(maxRows)
+        }
+    }
+
     public static func sync(_ buffer: inout ByteBuffer) {
         buffer.writePostgresMessage(id: FrontendMessageID.sync.rawValue) { _ in }
     }

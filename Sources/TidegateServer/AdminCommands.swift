@@ -15,7 +15,7 @@ struct AdminCommands {
         ("SHOW STATS", "queries, transactions, bytes, average query time, statements rewritten to a rollup"),
         ("SHOW CONFIG", "the configuration in force"),
     ] + Self.storageHelp + [
-    ] + Self.cacheHelp + [
+    ] + Self.cacheHelp + Self.batchHelp + [
         ("SHOW NODES", "each node: region, discovered role, state, replay position, lag, statements in flight"),
         ("SHOW REGIONS", "each region: its nodes, fallback order, primary, replicas up"),
         ("DRAIN node", "send no new work to a node; work in flight finishes"),
@@ -32,6 +32,7 @@ struct AdminCommands {
         let words = raw.map { $0.uppercased() }
         guard !words.isEmpty else { return .empty }
         if let result = await self.cache(words, raw: raw, query: query) { return result }
+        if let result = self.batches(words) { return result }
         if words.count >= 2 && words[0] == "EXPLAIN" && words[1] == "REWRITE" {
             return self.explainRewrite(query)
         }
@@ -253,6 +254,7 @@ struct AdminCommands {
         }
         rows += config.storageConfigRows
         rows += config.cacheConfigRows
+        rows += config.batchConfigRows
         return .rows(columns: ["key", "value"], rows: rows, tag: "SHOW")
     }
 

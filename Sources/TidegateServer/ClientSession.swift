@@ -1,3 +1,4 @@
+import Foundation
 import Cache
 import DequeModule
 import Logging
@@ -185,6 +186,17 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     private var cachedSettingsKey: (settings: String, parameters: UInt64, key: [UInt8])?
     /// Passed-through statement names (session pooling) whose text may write a cached relation.
     private var passthroughWrites: [String: Bool] = [:]
+    // Insert coalescing (when a relation has `batch.enabled`).
+    /// Extended-protocol messages held until their Sync decides whether the batcher takes them.
+    private var batchCandidate: [PostgresFrame] = []
+    /// Statements with the batcher, in the order their replies are owed.
+    private var batchReplies = Deque<BatchReply>()
+    private var batchSequence = 0
+    /// Client messages that wait for the statements with the batcher to be answered first.
+    private var batchQueue = Deque<PostgresFrame>()
+    private var batchQueueBytes = 0
+    /// A statement waiting for room in the batcher (its relation's buffer was full).
+    private var batchRoomWait: (item: BatchItem, key: BatchGroupKey, shape: InsertShape, frames: [PostgresFrame])?
     /// Waiting for the topology to offer a node (failover): until this deadline.
     private var waitDeadline: NIODeadline?
     private var waitTimer: Scheduled<Void>?
@@ -615,8 +627,8 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 self.context?.close(promise: nil)
                 return
             }
-            if self.shard.cacheTier != nil && self.interceptForCache(frame) { return }
-            self.handleReadyFrame(frame)
+            if self.shard.batcher != nil && self.interceptForBatch(frame, fromQueue: false) { return }
+            self.routeAfterBatch(frame)
         case .startup, .closing:
             break
         }
@@ -1652,24 +1664,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
 
     /// Brings a server connection to this client's settings: RESET ALL, then the client's SETs.
     private func prepare(_ server: ServerConnection, pool: ServerPool) -> EventLoopFuture<ServerConnection> {
-        let wanted = self.settings.statements
-        if server.appliedSettings == wanted { return server.loop.makeSucceededFuture(server) }
-        var sql = server.appliedSettings.isEmpty ? [] : ["RESET ALL"]
-        sql.append(contentsOf: wanted)
-        return server.runInternal(sql.joined(separator: "; ")).map {
-            server.appliedSettings = wanted
-            return server
-        }.flatMapError { error in
-            if case TidegateError.serverRefused(var fields) = error {
-                // The server is fine; the client's settings are not. Report like PostgreSQL does.
-                server.appliedSettings = ["-- failed"]
-                pool.release(server)
-                fields.makeFatal()
-                return server.loop.makeFailedFuture(TidegateError.serverRefused(fields))
-            }
-            pool.discard(server)
-            return server.loop.makeFailedFuture(error)
-        }
+        pool.prepare(server, settings: self.settings.statements)
     }
 
     private func attach(_ server: ServerConnection, route choice: Choice?) {
@@ -1809,44 +1804,67 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
 
     /// `[Parse] Bind [Describe portal] Execute(all rows) Sync` of one cacheable statement, on the unnamed
     /// portal or one named portal: its plan.
-    private func extendedCachePlan(_ frames: [PostgresFrame]) -> (CachePlan, CachePrelude?)? {
+    /// One `[Parse] Bind [Describe portal] Execute Sync` request on one statement, as the cache and the
+    /// batcher take it.
+    struct ExtendedRequest {
+        var prelude: CachePrelude?
+        var info: StatementInfo
+        var bind: FrontendMessage.Bind
+        var bindFrame: PostgresFrame
+        var values: FrontendMessage.BindValues
+        var describes: Bool
+        var execute: FrontendMessage.Execute
+    }
+
+    private func extendedRequest(_ frames: [PostgresFrame]) throws -> ExtendedRequest? {
         var index = 0
         var prelude: CachePrelude?
         var statementInfo: StatementInfo?
-        do {
-            if frames[index].id == FrontendMessageID.parse.rawValue {
-                let parse = try FrontendMessage.parse(frames[index])
-                guard parse.statementName.isEmpty ? self.config.pool.prepareUnnamed : self.statements[parse.statementName] == nil
-                else { return nil }
-                let info = self.shard.statementInfo(
-                    query: parse.queryBytes, parameterTypes: parse.parameterTypes, searchPath: self.settingsFingerprint,
-                    database: self.database, user: self.userName)
-                prelude = CachePrelude(parse: parse, info: info)
-                statementInfo = info
-                index += 1
-            }
-            guard index < frames.count, frames[index].id == FrontendMessageID.bind.rawValue else { return nil }
-            let bind = try FrontendMessage.bind(frames[index])
-            if let prelude {
-                guard bind.statementName == prelude.parse.statementName else { return nil }
-            } else {
-                statementInfo = self.lookup(bind.statementName)
-            }
-            guard let info = statementInfo else { return nil }
-            let values = try FrontendMessage.bindValues(frames[index], bind)
-            index += 1
-            var describes = false
-            if index < frames.count, frames[index].id == FrontendMessageID.describe.rawValue {
-                let describe = try FrontendMessage.describe(frames[index])
-                guard describe.kind == UInt8(ascii: "P"), describe.name == bind.portalName else { return nil }
-                describes = true
-                index += 1
-            }
-            guard index + 2 == frames.count, frames[index].id == FrontendMessageID.execute.rawValue,
-                frames[index + 1].id == FrontendMessageID.sync.rawValue
+        if frames[index].id == FrontendMessageID.parse.rawValue {
+            let parse = try FrontendMessage.parse(frames[index])
+            guard parse.statementName.isEmpty ? self.config.pool.prepareUnnamed : self.statements[parse.statementName] == nil
             else { return nil }
-            let execute = try FrontendMessage.execute(frames[index])
-            guard execute.portalName == bind.portalName, execute.maxRows == 0 else { return nil }
+            let info = self.shard.statementInfo(
+                query: parse.queryBytes, parameterTypes: parse.parameterTypes, searchPath: self.settingsFingerprint,
+                database: self.database, user: self.userName)
+            prelude = CachePrelude(parse: parse, info: info)
+            statementInfo = info
+            index += 1
+        }
+        guard index < frames.count, frames[index].id == FrontendMessageID.bind.rawValue else { return nil }
+        let bind = try FrontendMessage.bind(frames[index])
+        if let prelude {
+            guard bind.statementName == prelude.parse.statementName else { return nil }
+        } else {
+            statementInfo = self.lookup(bind.statementName)
+        }
+        guard let info = statementInfo else { return nil }
+        let bindFrame = frames[index]
+        let values = try FrontendMessage.bindValues(bindFrame, bind)
+        index += 1
+        var describes = false
+        if index < frames.count, frames[index].id == FrontendMessageID.describe.rawValue {
+            let describe = try FrontendMessage.describe(frames[index])
+            guard describe.kind == UInt8(ascii: "P"), describe.name == bind.portalName else { return nil }
+            describes = true
+            index += 1
+        }
+        guard index + 2 == frames.count, frames[index].id == FrontendMessageID.execute.rawValue,
+            frames[index + 1].id == FrontendMessageID.sync.rawValue
+        else { return nil }
+        let execute = try FrontendMessage.execute(frames[index])
+        guard execute.portalName == bind.portalName else { return nil }
+        return ExtendedRequest(
+            prelude: prelude, info: info, bind: bind, bindFrame: bindFrame, values: values, describes: describes, execute: execute)
+    }
+
+    private func extendedCachePlan(_ frames: [PostgresFrame]) -> (CachePlan, CachePrelude?)? {
+        do {
+            guard let request = try self.extendedRequest(frames), request.execute.maxRows == 0 else { return nil }
+            let info = request.info
+            let values = request.values
+            let prelude = request.prelude
+            let describes = request.describes
             var parameters: [BoundParameter] = []
             parameters.reserveCapacity(values.parameters.count)
             for (position, value) in values.parameters.enumerated() {
@@ -2074,6 +2092,367 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         }
     }
 
+    // MARK: Insert coalescing
+
+    /// A statement with the batcher: what its reply starts with, and its outcome once known.
+    struct BatchReply {
+        var id: Int
+        var simple: Bool
+        var parse: Bool
+        var describe: Bool
+        var started: NIODeadline
+        var outcome: BatchOutcome?
+    }
+
+    /// A frame that is not the cache's or the batcher's: the cache may answer it, else it goes its way.
+    private func routeAfterBatch(_ frame: PostgresFrame) {
+        if self.shard.cacheTier != nil && self.interceptForCache(frame) { return }
+        self.handleReadyFrame(frame)
+    }
+
+    /// Whether a new request may go to the batcher: transaction pooling, nothing owed by a server, no
+    /// transaction, no state a batch connection lacks (temporary tables, pinned sessions).
+    private var batchIdle: Bool {
+        self.renames && self.server == nil && self.pending.isEmpty && self.tracker.isIdle && self.transactionStatus == .idle
+            && !self.checkoutInProgress && self.waitTimer == nil && self.retry == nil && !self.copyIn && self.cacheFill == nil
+            && !self.cacheLookupActive && self.cacheCandidate.isEmpty && !self.cacheTainted && self.pinReason == nil
+            && !self.holdForReroute && !self.discardUntilSync && !self.restoreStartupAtReady && self.batchReplies.count < 4_096
+    }
+
+    /// Takes a frame for the batcher (a batchable INSERT, or a message that must wait behind one). Returns
+    /// true when the frame was taken.
+    private func interceptForBatch(_ frame: PostgresFrame, fromQueue: Bool) -> Bool {
+        self.batchIntercept(frame, fromQueue: fromQueue) != .passes
+    }
+
+    enum BatchIntercept {
+        case taken
+        /// Back at the head of the queue: it waits for the replies owed before it.
+        case waits
+        case passes
+    }
+
+    private func batchIntercept(_ frame: PostgresFrame, fromQueue: Bool) -> BatchIntercept {
+        if !fromQueue && (!self.batchQueue.isEmpty || self.batchRoomWait != nil) {
+            self.queueBehindBatches(frame)
+            return .taken
+        }
+        guard let id = frame.frontendID else { return .passes }
+        if !self.batchCandidate.isEmpty {
+            switch id {
+            case .bind, .describe, .execute:
+                self.batchCandidate.append(frame)
+                if self.batchCandidate.count > 4 { self.releaseBatchCandidate() }
+                return .taken
+            case .sync:
+                self.batchCandidate.append(frame)
+                let frames = self.batchCandidate
+                self.batchCandidate = []
+                if !self.submitExtendedBatch(frames) { self.release(frames) }
+                return .taken
+            default:
+                self.releaseBatchCandidate()
+                if !self.batchQueue.isEmpty {
+                    self.queueBehindBatches(frame)
+                    return .taken
+                }
+                return self.batchIntercept(frame, fromQueue: true)
+            }
+        }
+        if self.batchIdle {
+            switch id {
+            case .query:
+                var body = frame.body
+                if let query = body.readNullTerminatedBytes(), body.readableBytes == 0 {
+                    if let shape = self.shard.insertShape(query) {
+                        if self.submitSimpleBatch(frame, query: query, shape: shape) { return .taken }
+                    } else {
+                        self.shard.noteNotBatched(query, database: self.database)
+                    }
+                }
+            case .parse:
+                if let parse = try? FrontendMessage.parse(frame), self.shard.insertShape(parse.queryBytes) != nil,
+                    parse.statementName.isEmpty ? self.config.pool.prepareUnnamed : self.statements[parse.statementName] == nil
+                {
+                    self.batchCandidate = [frame]
+                    return .taken
+                }
+            case .bind:
+                if let bind = try? FrontendMessage.bind(frame), let info = self.lookup(bind.statementName) {
+                    if self.shard.insertShape(info.clientQuery) != nil {
+                        self.batchCandidate = [frame]
+                        return .taken
+                    }
+                    self.shard.noteNotBatched(info.clientQuery, database: self.database)
+                }
+            default:
+                break
+            }
+        }
+        if !self.batchReplies.isEmpty {
+            if fromQueue {
+                self.batchQueue.prepend(frame)
+                self.batchQueueBytes += frame.raw.readableBytes
+                return .waits
+            }
+            self.queueBehindBatches(frame)
+            return .taken
+        }
+        return .passes
+    }
+
+    private func queueBehindBatches(_ frame: PostgresFrame) {
+        self.batchQueue.append(frame)
+        self.batchQueueBytes += frame.raw.readableBytes
+        if self.batchQueueBytes > self.config.limits.clientBufferBytes && !self.readingPaused {
+            self.readingPaused = true
+            _ = self.context?.channel.setOption(ChannelOptions.autoRead, value: false)
+        }
+    }
+
+    private func releaseBatchCandidate() {
+        let frames = self.batchCandidate
+        self.batchCandidate = []
+        self.release(frames)
+    }
+
+    /// Frames the batcher does not take go their normal way, after the replies owed before them.
+    private func release(_ frames: [PostgresFrame]) {
+        for frame in frames {
+            if self.batchReplies.isEmpty && self.batchQueue.isEmpty {
+                self.routeAfterBatch(frame)
+            } else {
+                self.queueBehindBatches(frame)
+            }
+        }
+    }
+
+    private func submitSimpleBatch(_ frame: PostgresFrame, query: ByteBuffer, shape: InsertShape) -> Bool {
+        var values: [[ByteBuffer?]] = []
+        values.reserveCapacity(shape.rows.count)
+        for row in shape.rows {
+            var out: [ByteBuffer?] = []
+            out.reserveCapacity(row.count)
+            for value in row {
+                switch value {
+                case .constant(let text): out.append(text.map { ByteBuffer(string: $0) })
+                case .parameter: return false  // PostgreSQL reports the missing parameter
+                }
+            }
+            values.append(out)
+        }
+        guard let declared = shape.declaredOIDs(parameterTypes: []) else { return false }
+        let binary = Array(repeating: false, count: shape.slotClasses.count)
+        return self.submitBatch(
+            shape: shape, values: values, declared: declared, binary: binary, original: .simple(query), frames: [frame],
+            reply: BatchReply(id: 0, simple: true, parse: false, describe: false, started: .now()), prelude: nil)
+    }
+
+    /// `[Parse] Bind [Describe portal] Execute(all rows) Sync` of one batchable INSERT.
+    private func submitExtendedBatch(_ frames: [PostgresFrame]) -> Bool {
+        do {
+            guard let request = try self.extendedRequest(frames), let shape = self.shard.insertShape(request.info.clientQuery) else {
+                return false
+            }
+            let info = request.info
+            let bound = request.values
+            let prelude = request.prelude
+            // The statement's parameters as PostgreSQL counts them; any mismatch gets its error from PostgreSQL.
+            let expected = max(shape.parameterCount, info.parameterTypes.count)
+            guard bound.parameters.count == expected, bound.parameterFormats.count <= 1 || bound.parameterFormats.count == expected,
+                bound.parameterFormats.allSatisfy({ $0 == 0 || $0 == 1 }),
+                let declared = shape.declaredOIDs(parameterTypes: info.parameterTypes)
+            else { return false }
+            var binary: [Bool?] = Array(repeating: nil, count: shape.slotClasses.count)
+            var values: [[ByteBuffer?]] = []
+            values.reserveCapacity(shape.rows.count)
+            for row in shape.rows {
+                var out: [ByteBuffer?] = []
+                out.reserveCapacity(row.count)
+                for (slot, value) in row.enumerated() {
+                    let isBinary: Bool
+                    switch value {
+                    case .constant(let text):
+                        out.append(text.map { ByteBuffer(string: $0) })
+                        isBinary = false
+                    case .parameter(let number):
+                        out.append(bound.parameters[number - 1])
+                        isBinary = bound.isBinary(number - 1)
+                    }
+                    if let known = binary[slot], known != isBinary { return false }
+                    binary[slot] = isBinary
+                }
+                values.append(out)
+            }
+            let unnamedBind = FrontendMessage.rewriteBind(request.bindFrame, request.bind, statementName: "")
+            let original = BatchOriginal.extended(
+                query: info.clientQuery, parameterTypes: info.parameterTypes, bind: unnamedBind, portal: request.bind.portalName)
+            return self.submitBatch(
+                shape: shape, values: values, declared: declared, binary: binary.map { $0 ?? false }, original: original, frames: frames,
+                reply: BatchReply(id: 0, simple: false, parse: prelude != nil, describe: request.describes, started: .now()),
+                prelude: prelude)
+        } catch {
+            return false
+        }
+    }
+
+    private func submitBatch(
+        shape: InsertShape, values: [[ByteBuffer?]], declared: [UInt32], binary: [Bool], original: BatchOriginal,
+        frames: [PostgresFrame], reply: BatchReply, prelude: CachePrelude?
+    ) -> Bool {
+        guard let batcher = self.shard.batcher, let relation = self.config.relations[shape.relation], relation.batch.enabled else {
+            return false
+        }
+        if !shape.functions.isEmpty {
+            // Only functions whose result the values and the settings decide (not now(), not volatile ones):
+            // a batch runs later, in another transaction.
+            let primary = self.shard.topology.primary ?? (self.shard.routes ? nil : self.config.nodes.first?.name)
+            guard case .loaded(let catalog) = self.shard.functionCatalog(database: self.database, user: self.userName, primary: primary),
+                shape.functions.allSatisfy({ catalog.isCacheSafe($0, allowed: []) })
+            else { return false }
+        }
+        self.batchSequence += 1
+        let id = self.batchSequence
+        var reply = reply
+        reply.id = id
+        let item = BatchItem(values: values, original: original, zone: self.sessionTimeZone) { [weak self] outcome in
+            self?.batchFinished(id, outcome)
+        }
+        let key = BatchGroupKey(
+            database: self.database, user: self.userName, settings: self.settings.statements, template: shape.template, binary: binary,
+            declared: declared)
+        switch batcher.submit(item, key: key, shape: shape, relation: relation) {
+        case .refused:
+            return false
+        case .accepted:
+            break
+        case .full:
+            self.batchRoomWait = (item, key, shape, frames)
+            if !self.readingPaused {
+                self.readingPaused = true
+                _ = self.context?.channel.setOption(ChannelOptions.autoRead, value: false)
+            }
+            batcher.whenRoom { [weak self] in self?.retryBatchRoom() }
+        }
+        if let prelude {
+            if prelude.parse.statementName.isEmpty {
+                self.unnamed = prelude.info
+            } else {
+                self.statements[prelude.parse.statementName] = Statement(info: prelude.info)
+            }
+        }
+        self.batchReplies.append(reply)
+        return true
+    }
+
+    /// The session's TimeZone as this system knows it (nil: unknown, e.g. a POSIX rule string).
+    private var sessionTimeZone: TimeZone? {
+        let name = self.reportedParameters["TimeZone"] ?? "UTC"
+        if Self.utcZones.contains(name) { return TimeZone(identifier: "UTC") }
+        return TimeZone(identifier: name)
+    }
+
+    /// The relation's buffer had no room for the waiting statement: try again (stay paused while full).
+    private func retryBatchRoom() {
+        guard let (item, key, shape, frames) = self.batchRoomWait, let batcher = self.shard.batcher,
+            let relation = self.config.relations[shape.relation]
+        else { return }
+        switch batcher.submit(item, key: key, shape: shape, relation: relation) {
+        case .full:
+            batcher.whenRoom { [weak self] in self?.retryBatchRoom() }
+            return
+        case .accepted:
+            self.batchRoomWait = nil
+        case .refused:
+            // Run it the normal way, in its place.
+            self.batchRoomWait = nil
+            if let index = self.batchReplies.lastIndex(where: { $0.outcome == nil }) { self.batchReplies.remove(at: index) }
+            for frame in frames.reversed() {
+                self.batchQueue.prepend(frame)
+                self.batchQueueBytes += frame.raw.readableBytes
+            }
+        }
+        self.drainBatchQueue()
+    }
+
+    private func batchFinished(_ id: Int, _ outcome: BatchOutcome) {
+        guard let index = self.batchReplies.firstIndex(where: { $0.id == id }) else { return }
+        self.batchReplies[index].outcome = outcome
+        guard let context = self.context else { return }
+        var out = context.channel.allocator.buffer(capacity: 64)
+        while let head = self.batchReplies.first, let outcome = head.outcome {
+            self.batchReplies.removeFirst()
+            self.writeBatchReply(head, outcome, into: &out)
+        }
+        guard out.readableBytes > 0 else { return }
+        self.flushRun()
+        self.writeClient(out)
+        context.flush()
+        self.drainBatchQueue()
+    }
+
+    private func writeBatchReply(_ reply: BatchReply, _ outcome: BatchOutcome, into out: inout ByteBuffer) {
+        let nanos = (NIODeadline.now() - reply.started).nanoseconds
+        self.queries += 1
+        self.shard.queries += 1
+        self.shard.queryNanos += nanos
+        self.runtime.metrics.query(.write, nanoseconds: nanos)
+        switch outcome {
+        case .inserted(let rows, let lsn):
+            if !reply.simple {
+                if reply.parse { BackendEncoder.simple(&out, .parseComplete) }
+                BackendEncoder.simple(&out, .bindComplete)
+                if reply.describe { BackendEncoder.simple(&out, .noData) }
+            }
+            BackendEncoder.commandComplete(&out, tag: "INSERT 0 \(rows)")
+            // Read-your-writes: the session's next reads wait for a replica past this commit.
+            switch self.config.routing.readYourWrites {
+            case .session:
+                if let lsn { self.writeLSN = max(self.writeLSN ?? lsn, lsn) } else { self.lastWriteAt = .now() }
+            case .global:
+                self.runtime.noteWrite(at: .now())
+            case .none:
+                break
+            }
+        case .failed(let fields, let before):
+            if !reply.simple {
+                let parsed = before.isEmpty || before.contains(BackendMessageID.parseComplete.rawValue)
+                let bound = before.isEmpty || before.contains(BackendMessageID.bindComplete.rawValue)
+                if reply.parse && parsed { BackendEncoder.simple(&out, .parseComplete) }
+                if bound { BackendEncoder.simple(&out, .bindComplete) }
+                if bound && reply.describe { BackendEncoder.simple(&out, .noData) }
+            }
+            BackendEncoder.errorResponse(&out, fields)
+            self.shard.errors += 1
+            if let state = fields.sqlState { self.runtime.metrics.error(sqlState: state) }
+        }
+        BackendEncoder.readyForQuery(&out, status: .idle)
+        self.shard.bytesOut += out.readableBytes
+    }
+
+    /// Messages that waited behind the batcher's replies, in order (more INSERTs among them go to the
+    /// batcher at once).
+    private func drainBatchQueue() {
+        while self.batchRoomWait == nil, let frame = self.batchQueue.popFirst() {
+            self.batchQueueBytes -= frame.raw.readableBytes
+            switch self.batchIntercept(frame, fromQueue: true) {
+            case .taken: continue
+            case .waits: break
+            case .passes: self.routeAfterBatch(frame); continue
+            }
+            break
+        }
+        if self.batchQueue.isEmpty && self.batchRoomWait == nil && self.readingPaused && self.pendingBytes <= self.config.limits.clientBufferBytes
+            && self.cacheQueue.isEmpty
+        {
+            self.readingPaused = false
+            _ = self.context?.channel.setOption(ChannelOptions.autoRead, value: true)
+        }
+        self.server?.flush()
+        self.context?.flush()
+        self.context?.channel.read()
+    }
+
     // MARK: Errors
 
     private func protocolViolation(_ message: String) {
@@ -2108,6 +2487,8 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     }
 
     var serverID: Int? { self.server?.id }
+    /// Statements of this client are with the batcher (shutdown waits for their commit).
+    var awaitsBatches: Bool { !self.batchReplies.isEmpty }
     var isAdmin: Bool {
         if case .admin = self.phase { return true }
         return false

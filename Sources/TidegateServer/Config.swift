@@ -137,6 +137,8 @@ public struct TidegateConfig: Sendable, Equatable {
         public var lateWindowMs = 5_000
         /// Lifetime of sealed entries of this relation; nil: `cache.sealed_ttl_ms`.
         public var cacheTTLMs: Int?
+        /// Insert coalescing (BatchConfig.swift).
+        public var batch = BatchSettings()
 
         public init(name: String) { self.name = name }
     }
@@ -279,13 +281,15 @@ extension TidegateConfig {
     struct Layout: Equatable {
         var userNames: [String] = []
         var relationNames: [String] = []
+        /// Rule names under `relations.<name>.batch.rules`, by relation.
+        var batchRuleNames: [String: [String]] = [:]
         /// Fingerprints under `cache.queries`.
         var cacheQueryNames: [String] = []
         /// Region names with their node names, in file order.
         var regions: [(name: String, nodes: [String])] = []
 
         static func == (lhs: Layout, rhs: Layout) -> Bool {
-            lhs.userNames == rhs.userNames && lhs.relationNames == rhs.relationNames && lhs.cacheQueryNames == rhs.cacheQueryNames && lhs.regions.map(\.name) == rhs.regions.map(\.name)
+            lhs.userNames == rhs.userNames && lhs.relationNames == rhs.relationNames && lhs.batchRuleNames == rhs.batchRuleNames && lhs.cacheQueryNames == rhs.cacheQueryNames && lhs.regions.map(\.name) == rhs.regions.map(\.name)
                 && lhs.regions.map(\.nodes) == rhs.regions.map(\.nodes)
         }
     }
@@ -305,6 +309,13 @@ extension TidegateConfig {
                 throw ConfigError(problems: ["relations: must be a mapping of relation name to its settings"])
             }
             layout.relationNames = relationsMapping.keys.compactMap(\.string)
+            for (key, value) in relationsMapping {
+                guard let name = key.string, let rules = value.mapping?["batch"]?.mapping?["rules"] else { continue }
+                guard let rulesMapping = rules.mapping else {
+                    throw ConfigError(problems: ["relations.\(name).batch.rules: must be a mapping of rule name to its check"])
+                }
+                layout.batchRuleNames[name] = rulesMapping.keys.compactMap(\.string)
+            }
         }
         if let queries = mapping["cache"]?.mapping?["queries"] {
             guard let queriesMapping = queries.mapping else {
@@ -474,6 +485,7 @@ extension TidegateConfig {
             int("\(key).bucket_ms", &relation.bucketMs, min: 1, max: 86_400_000)
             int("\(key).late_window_ms", &relation.lateWindowMs, min: 0)
             relation.cacheTTLMs = optionalInt("cache_ttl_ms", min: 0)
+            relation.batch = Self.readBatch(fields, relation: name, ruleNames: layout.batchRuleNames[name] ?? [])
             config.relations[name] = relation
         }
         let rewritten = config.relations.values.filter(\.rewrite).map(\.name).sorted()

@@ -20,6 +20,7 @@ final class LoopShard: @unchecked Sendable {
     var config: TidegateConfig {
         didSet {
             self.routes = self.config.routes
+            if self.config.batchedRelations != oldValue.batchedRelations { self.insertShapeMemo.removeAll() }
             if self.config.cachedRelations != oldValue.cachedRelations {
                 self.cacheProfileMemo.removeAll()
                 self.cacheWriteMemo.removeAll()
@@ -45,6 +46,9 @@ final class LoopShard: @unchecked Sendable {
     private(set) var cacheSafeFunctions: Set<String> = []
     /// Hits served by this loop (SHOW STATS).
     var cacheHits = 0
+    /// Insert coalescing (nil when no relation is batched), and batchable shapes by text.
+    lazy var batcher: Batcher? = self.config.batchedRelations.isEmpty ? nil : Batcher(shard: self, logger: self.logger)
+    var insertShapeMemo: [ByteBuffer: InsertMemo] = [:]
     lazy var commitProbe = CommitLSNProbe(loop: self.loop, logger: self.logger)
     /// The cache's once-a-second work (on the first loop only).
     var cacheHousekeeping: [RepeatedTask] = []
@@ -337,6 +341,7 @@ final class LoopShard: @unchecked Sendable {
 
     func stop() {
         self.maintenance?.cancel()
+        self.batcher?.stop()
         self.commitProbe.close()
         for task in self.cacheHousekeeping { task.cancel() }
         self.healthChecker?.stop()

@@ -12,6 +12,7 @@ public final class Runtime: Sendable {
     let configPath: String?
     let configOverrides: [String: String]
     let metrics = TidegateMetrics()
+    let batchStats = BatchStatistics()
     let cancelKeys = CancelKeyRegistry()
     let clientCount = Atomic<Int>(0)
     let serverCount = Atomic<Int>(0)

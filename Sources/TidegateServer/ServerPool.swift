@@ -131,6 +131,29 @@ final class ServerPool: @unchecked Sendable {
         }
     }
 
+    /// Gives a checked-out connection a session's settings (RESET ALL, then its SET statements), unless it
+    /// has them already. A setting the server refuses fails as FATAL, as PostgreSQL reports it at login.
+    func prepare(_ server: ServerConnection, settings wanted: [String]) -> EventLoopFuture<ServerConnection> {
+        let pool = self
+        if server.appliedSettings == wanted { return server.loop.makeSucceededFuture(server) }
+        var sql = server.appliedSettings.isEmpty ? [] : ["RESET ALL"]
+        sql.append(contentsOf: wanted)
+        return server.runInternal(sql.joined(separator: "; ")).map {
+            server.appliedSettings = wanted
+            return server
+        }.flatMapError { error in
+            if case TidegateError.serverRefused(var fields) = error {
+                // The server is fine; the client's settings are not. Report like PostgreSQL does.
+                server.appliedSettings = ["-- failed"]
+                pool.release(server)
+                fields.makeFatal()
+                return server.loop.makeFailedFuture(TidegateError.serverRefused(fields))
+            }
+            pool.discard(server)
+            return server.loop.makeFailedFuture(error)
+        }
+    }
+
     /// Drops a server that is broken or must not be reused.
     func discard(_ server: ServerConnection) {
         server.detach()

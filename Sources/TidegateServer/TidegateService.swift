@@ -215,12 +215,15 @@ public final class TidegateService: Service, Sendable {
         }
     }
 
-    /// Waits until no client holds a server connection (transactions finished), up to the deadline,
+    /// Waits until no client holds a server connection (transactions finished) and no batch is waiting or
+    /// committing, up to the deadline,
     /// then closes every client and server connection.
     private func drain() async {
         let deadline = ContinuousClock.now + .milliseconds(self.runtime.config.shutdownTimeoutMs)
         while ContinuousClock.now < deadline {
-            let busy = (try? await self.runtime.gather { shard in shard.sessions.values.filter { $0.serverID != nil }.count }) ?? []
+            let busy = (try? await self.runtime.gather { shard in
+                shard.sessions.values.filter { $0.serverID != nil || $0.awaitsBatches }.count + (shard.batcher?.isIdle == false ? 1 : 0)
+            }) ?? []
             if busy.reduce(0, +) == 0 { break }
             try? await Task.sleep(for: .milliseconds(50))
         }
