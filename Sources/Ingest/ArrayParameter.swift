@@ -41,7 +41,7 @@ public struct ArrayParameter {
         } else {
             if self.count > 0 { self.buffer.writeInteger(UInt8(ascii: ",")) }
             if let value {
-                self.appendQuoted(value.readableBytesView)
+                value.withUnsafeReadableBytes { self.appendQuoted($0) }
             } else {
                 self.buffer.writeStaticString("NULL")
             }
@@ -56,17 +56,25 @@ public struct ArrayParameter {
             self.append(ByteBuffer(string: text))
         } else {
             if self.count > 0 { self.buffer.writeInteger(UInt8(ascii: ",")) }
-            self.appendQuoted(text.utf8)
+            var text = text
+            text.withUTF8 { self.appendQuoted(UnsafeRawBufferPointer($0)) }
             self.count += 1
         }
     }
 
-    private mutating func appendQuoted(_ bytes: some Sequence<UInt8>) {
+    private mutating func appendQuoted(_ bytes: UnsafeRawBufferPointer) {
         self.buffer.writeInteger(UInt8(ascii: "\""))
-        for byte in bytes {
-            if byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") { self.buffer.writeInteger(UInt8(ascii: "\\")) }
-            self.buffer.writeInteger(byte)
+        // Runs without a quote or backslash go in as one copy.
+        var start = 0
+        for index in 0..<bytes.count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") {
+                self.buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[start..<index]))
+                self.buffer.writeInteger(UInt8(ascii: "\\"))
+                start = index
+            }
         }
+        self.buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[start..<bytes.count]))
         self.buffer.writeInteger(UInt8(ascii: "\""))
     }
 

@@ -21,7 +21,7 @@ extension AdminCommands {
             let notBatched = entry.unbatchable.sorted { $0.key < $1.key }.map { "\($0.key) (\($0.value))" }.joined(separator: "; ")
             rows.append([
                 key.database, key.relation, "\(entry.statements)", "\(entry.rows)", String(format: "%.1f", BatchStatistics.rowsPerSecond(entry)),
-                "\(entry.batches)", entry.batches == 0 ? "0" : String(format: "%.1f", Double(entry.recentRows.values.reduce(0, +)) / Double(entry.recentRows.values.count)),
+                "\(entry.batches)", entry.batches == 0 ? "0" : String(format: "%.1f", Double(entry.batchedRows) / Double(entry.batches)),
                 entry.recentRows.percentile(0.5).map { "\($0)" }, entry.recentRows.percentile(0.99).map { "\($0)" },
                 ms(entry.recentDelays.percentile(0.5)), ms(entry.recentDelays.percentile(0.99)), ms(entry.recentCommits.percentile(0.5)),
                 ms(entry.recentCommits.percentile(0.99)), "\(entry.rejects)", "\(entry.duplicates)", "\(entry.errors)", "\(queued.0)",

@@ -41,6 +41,8 @@ final class BatchStatistics: Sendable {
     struct Entry: Sendable {
         var rows = 0
         var batches = 0
+        /// Rows sent in batches (inserted or not).
+        var batchedRows = 0
         var statements = 0
         var rejects = 0
         var duplicates = 0
@@ -145,6 +147,7 @@ final class BatchStatistics: Sendable {
     func flushed(database: String, relation: String, rows: Int, delayNanos: Int64) {
         self.update(database, relation) { entry in
             entry.batches += 1
+            entry.batchedRows += rows
             entry.recentRows.append(Int64(rows))
             entry.recentDelays.append(delayNanos)
         }

@@ -2113,7 +2113,8 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     /// Whether a new request may go to the batcher: transaction pooling, nothing owed by a server, no
     /// transaction, no state a batch connection lacks (temporary tables, pinned sessions).
     private var batchIdle: Bool {
-        self.renames && self.server == nil && self.pending.isEmpty && self.tracker.isIdle && self.transactionStatus == .idle
+        // A server connection still attached after the login (or the last reply) is let go first.
+        self.renames && self.pending.isEmpty && self.tracker.isIdle && self.transactionStatus == .idle
             && !self.checkoutInProgress && self.waitTimer == nil && self.retry == nil && !self.copyIn && self.cacheFill == nil
             && !self.cacheLookupActive && self.cacheCandidate.isEmpty && !self.cacheTainted && self.pinReason == nil
             && !self.holdForReroute && !self.discardUntilSync && !self.restoreStartupAtReady && self.batchReplies.count < 4_096
@@ -2165,7 +2166,8 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 var body = frame.body
                 if let query = body.readNullTerminatedBytes(), body.readableBytes == 0 {
                     if let shape = self.shard.insertShape(query) {
-                        if self.submitSimpleBatch(frame, query: query, shape: shape) { return .taken }
+                        self.releaseServerIfDone()
+                        if self.server == nil && self.submitSimpleBatch(frame, query: query, shape: shape) { return .taken }
                     } else {
                         self.shard.noteNotBatched(query, database: self.database)
                     }
@@ -2174,14 +2176,20 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 if let parse = try? FrontendMessage.parse(frame), self.shard.insertShape(parse.queryBytes) != nil,
                     parse.statementName.isEmpty ? self.config.pool.prepareUnnamed : self.statements[parse.statementName] == nil
                 {
-                    self.batchCandidate = [frame]
-                    return .taken
+                    self.releaseServerIfDone()
+                    if self.server == nil {
+                        self.batchCandidate = [frame]
+                        return .taken
+                    }
                 }
             case .bind:
                 if let bind = try? FrontendMessage.bind(frame), let info = self.lookup(bind.statementName) {
                     if self.shard.insertShape(info.clientQuery) != nil {
-                        self.batchCandidate = [frame]
-                        return .taken
+                        self.releaseServerIfDone()
+                        if self.server == nil {
+                            self.batchCandidate = [frame]
+                            return .taken
+                        }
                     }
                     self.shard.noteNotBatched(info.clientQuery, database: self.database)
                 }
@@ -2307,9 +2315,12 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             // Only functions whose result the values and the settings decide (not now(), not volatile ones):
             // a batch runs later, in another transaction.
             let primary = self.shard.topology.primary ?? (self.shard.routes ? nil : self.config.nodes.first?.name)
-            guard case .loaded(let catalog) = self.shard.functionCatalog(database: self.database, user: self.userName, primary: primary),
-                shape.functions.allSatisfy({ catalog.isCacheSafe($0, allowed: []) })
-            else { return false }
+            guard case .loaded(let catalog) = self.shard.functionCatalog(database: self.database, user: self.userName, primary: primary)
+            else {
+                self.runtime.batchStats.unbatchable(database: self.database, relation: relation.name, reason: "function catalog not loaded yet")
+                return false
+            }
+            guard shape.functions.allSatisfy({ catalog.isCacheSafe($0, allowed: []) }) else { return false }
         }
         self.batchSequence += 1
         let id = self.batchSequence
