@@ -11,7 +11,7 @@ candidate forms of one batch statement measured directly on a PostgreSQL server.
       and statement texts are built before the clock starts; only the round trip of each statement
       is timed. One tab-separated line per form on stdout:
           form  statements  rows  seconds  rows_per_s  median_ms  min_ms  max_ms
-      Forms:
+      --raw FILE writes every statement's time (form, round, statement number, ms). Forms:
         copy           COPY ticks (…) FROM STDIN, text format
         unnest         INSERT INTO ticks (…) SELECT * FROM unnest($1::timestamptz[], $2::text[],
                        $3::numeric[], $4::int8[], $5::text[], $6::int8[]), six text array literals
@@ -122,18 +122,21 @@ def cmd_forms(a):
     conn = psycopg.connect(a.dsn, autocommit=True)
     conn.prepare_threshold = None
     times = {f: [] for f in forms}
+    raw = open(a.raw, "w") if a.raw else None
     next_id = 1
-    for _ in range(a.rounds):
+    for rnd in range(1, a.rounds + 1):
         for form in forms:
             payloads = []
             for _ in range(a.statements):
                 payloads.append(prepare(form, gen_rows(a.batch_rows, day, rng, next_id)))
                 next_id += a.batch_rows
             conn.execute("TRUNCATE ticks, tidegate_bars_dirty")
-            for p in payloads:
+            for i, p in enumerate(payloads, 1):
                 t0 = time.perf_counter()
                 run_one(conn, form, p, a.batch_rows)
                 times[form].append(time.perf_counter() - t0)
+                if raw:
+                    raw.write(f"{form}\t{rnd}\t{i}\t{times[form][-1] * 1000:.2f}\n")
     conn.execute("TRUNCATE ticks, tidegate_bars_dirty")
     conn.close()
     for form in forms:
@@ -155,6 +158,7 @@ def main():
     f.add_argument("--statements", type=int, default=5)
     f.add_argument("--rounds", type=int, default=4)
     f.add_argument("--forms", default="copy unnest values-params values-literal")
+    f.add_argument("--raw", help="write every statement's time (form, round, statement, ms) to this file")
     for x in (r, f):
         x.add_argument("--day", default="2026-11-16")
         x.add_argument("--seed", type=int, default=1)
