@@ -470,3 +470,22 @@ else:
     print(f"{pick(0.50):.3f} {pick(0.99):.3f} {pick(0.999):.3f} {xs[-1] / 1000.0:.3f} {len(xs)}")
 PY
 }
+
+# tidegate_binary_line BIN -> how the report names the binary: its path, modification time and, when it
+# lies inside a git checkout (e.g. another worktree's .build/), that checkout's revision (+dirty when
+# Sources or Package.swift have changes there). A debug build is flagged.
+tidegate_binary_line() {
+    local bin=$1 dir top rev mtime line
+    [[ -n "$bin" && -f "$bin" ]] || { echo "(no binary)"; return; }
+    mtime=$(date -u -r "$bin" '+%Y-%m-%d %H:%M UTC')
+    line="\`${bin#"$ROOT"/}\` (built $mtime"
+    dir=$(dirname "$bin")
+    if top=$(git -C "$dir" rev-parse --show-toplevel 2>/dev/null); then
+        rev=$(git -C "$top" rev-parse --short HEAD 2>/dev/null)
+        [[ -n $(git -C "$top" status --porcelain -- Sources Package.swift 2>/dev/null) ]] && rev="$rev+dirty"
+        line+=", from $top at $rev"
+    fi
+    line+=")"
+    [[ "$bin" == */debug/* ]] && line+=" — **a debug build: its numbers say nothing about a release build**"
+    echo "$line"
+}
