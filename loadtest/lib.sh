@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared helpers for the Tidegate load-test scripts (bench-passthrough, bench-idle).
+# Shared helpers for the Tidegate load-test scripts (bench-passthrough, bench-idle, bench-batch, ...).
 # Source it; it does not run anything by itself.
 #
 # Everything the benchmarks start is written under .lab/bench/ and stopped by
@@ -388,4 +388,104 @@ publish_section() {
     cat "$section"
     echo
     log "wrote section \"$heading\" to ${out#"$ROOT"/}; raw results in ${RUN_DIR#"$ROOT"/}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Helpers added with bench-batch (usable by any script).
+
+# use_tidegate_instance NAME PORT HTTP_PORT: point the start/stop helpers at one of several Tidegate
+# instances (config, log and pidfile .lab/bench/NAME.*). One instance runs at a time this way: stop it
+# before switching to the next.
+use_tidegate_instance() {
+    TG_PORT=$2
+    TG_HTTP_PORT=$3
+    TG_CONFIG="$BENCH_DIR/$1.yaml"
+    TG_LOG="$BENCH_DIR/$1.log"
+    TG_PIDFILE="$BENCH_DIR/$1.pid"
+}
+
+# tidegate_has_feature TEXT: whether the resolved binary (TG_BIN) contains TEXT, e.g. an admin
+# command it answers ("SHOW BATCHES"). A cheap probe before starting an instance configured for it.
+tidegate_has_feature() { [[ -n "$TG_BIN" ]] && LC_ALL=C grep -aqF -- "$1" "$TG_BIN"; }
+
+# migrate_database DB [--fresh]: create DB (owner $BENCH_USER) when it does not exist, or drop and
+# recreate it with --fresh, then `tidegate migrate` it (a no-op when it is up to date). Needs TG_BIN
+# (resolve_tidegate_bin).
+migrate_database() {
+    local db=$1 fresh=${2:-}
+    [[ -n "$TG_BIN" ]] || die "migrate_database needs the tidegate binary"
+    if [[ "$fresh" == --fresh ]]; then
+        psql_su -d postgres -c "drop database if exists $db with (force)" || die "could not drop $db"
+    fi
+    if [[ $(psql_su -d postgres -tAc "select 1 from pg_database where datname = '$db'") != 1 ]]; then
+        log "creating database $db"
+        psql_su -d postgres -c "create database $db owner $BENCH_USER" || die "could not create $db"
+    fi
+    mkdir -p "$BENCH_DIR"
+    printf 'primary: {host: 127.0.0.1, port: %s}\nusers:\n  %s: {password: tidegate}\n' "$PG_PORT" "$BENCH_USER" \
+        >"$BENCH_DIR/migrate.yaml"
+    "$TG_BIN" migrate --config "$BENCH_DIR/migrate.yaml" --database "$db" --dir "$ROOT/migrations" >&2 \
+        || die "tidegate migrate of $db failed"
+}
+
+# pgbouncer_supports_prepared: PgBouncer >= 1.21 (max_prepared_statements) can run pgbench -M prepared
+# in transaction mode; older ones fail with 'prepared statement "P_0" already exists'.
+pgbouncer_supports_prepared() {
+    local v
+    v=$(pgbouncer_version)
+    [[ "$v" =~ ^([0-9]+)\.([0-9]+) ]] || return 1
+    (( BASH_REMATCH[1] > 1 || (BASH_REMATCH[1] == 1 && BASH_REMATCH[2] >= 21) ))
+}
+
+# pgbench_summary LOGFILE -> one tab-separated line: tps, latency average (ms), transactions processed,
+# failed transactions, first error line (empty fields when pgbench did not print them).
+pgbench_summary() {
+    local out=$1 tps lat n failed err
+    tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$out" | tail -1)
+    lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$out" | tail -1)
+    n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out" | tail -1)
+    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out" | tail -1)
+    err=$(grep -m1 -E 'error|ERROR|FATAL|aborted|could not|timeout' "$out" | tr '\t' ' ' | cut -c1-300)
+    printf '%s\t%s\t%s\t%s\t%s\n' "$tps" "$lat" "$n" "$failed" "$err"
+}
+
+# tx_latency_percentiles PREFIX -> "p50 p99 p999 max count" in ms of the transactions in pgbench's
+# per-transaction logs PREFIX.* (pgbench -l --log-prefix=PREFIX; latency is the third column, in µs).
+# Prints "- - - - 0" when there are none.
+tx_latency_percentiles() {
+    python3 - "$1" <<'PY'
+import glob, sys
+xs = []
+for path in glob.glob(sys.argv[1] + ".*"):
+    with open(path) as f:
+        for line in f:
+            p = line.split(None, 3)
+            if len(p) >= 3 and p[2].isdigit():
+                xs.append(int(p[2]))
+if not xs:
+    print("- - - - 0")
+else:
+    xs.sort()
+    pick = lambda q: xs[min(len(xs) - 1, max(0, -(-int(q * 1000) * len(xs) // 1000) - 1))] / 1000.0
+    print(f"{pick(0.50):.3f} {pick(0.99):.3f} {pick(0.999):.3f} {xs[-1] / 1000.0:.3f} {len(xs)}")
+PY
+}
+
+# tidegate_binary_line BIN -> how the report names the binary: its path, modification time and, when it
+# lies inside a git checkout (e.g. another worktree's .build/), that checkout's revision (+dirty when
+# Sources or Package.swift have changes there). A debug build is flagged.
+tidegate_binary_line() {
+    local bin=$1 dir top rev mtime line
+    [[ -n "$bin" && -f "$bin" ]] || { echo "(no binary)"; return; }
+    mtime=$(date -u -r "$bin" '+%Y-%m-%d %H:%M UTC')
+    line="\`${bin#"$ROOT"/}\` (built $mtime"
+    dir=$(dirname "$bin")
+    if top=$(git -C "$dir" rev-parse --show-toplevel 2>/dev/null); then
+        rev=$(git -C "$top" rev-parse --short HEAD 2>/dev/null)
+        [[ -n $(git -C "$top" status --porcelain -- Sources Package.swift 2>/dev/null) ]] && rev="$rev+dirty"
+        line+=", from $top at $rev"
+    fi
+    line+=")"
+    [[ "$bin" == */debug/* ]] && line+=" — **a debug build: its numbers say nothing about a release build**"
+    echo "$line"
 }
