@@ -97,6 +97,15 @@ final class BatchPipeline: ServerConnectionOwner {
         self.promise.fail(BatchPipelineError.connectionLost(sent: true))
     }
 
+    /// Appends one statement of Tidegate's own as one unit: Parse (unnamed), Bind of `values` (text), Execute,
+    /// Sync.
+    static func appendStatement(_ buffer: inout ByteBuffer, _ sql: String, parameterTypes: [UInt32] = [], values: [ByteBuffer?] = []) {
+        FrontendEncoder.parse(&buffer, name: "", query: sql, parameterTypes: parameterTypes)
+        FrontendEncoder.bind(&buffer, portal: "", statement: "", parameterFormats: [], values: values, resultFormats: [])
+        FrontendEncoder.execute(&buffer, portal: "")
+        FrontendEncoder.sync(&buffer)
+    }
+
     func serverBufferDone(_ server: ServerConnection) {}
     func serverReadComplete(_ server: ServerConnection) {}
     func serverClosed(_ server: ServerConnection) { self.fail() }

@@ -231,10 +231,7 @@ final class Batcher: @unchecked Sendable {
             var messages = ByteBuffer()
             for question in questions {
                 let sql = question.time ? "SELECT extract(epoch FROM $1)::float8" : "SELECT ($1)::float8"
-                FrontendEncoder.parse(&messages, name: "", query: sql, parameterTypes: [question.oid])
-                FrontendEncoder.bind(&messages, portal: "", statement: "", parameterFormats: [], values: [question.value], resultFormats: [])
-                FrontendEncoder.execute(&messages, portal: "")
-                FrontendEncoder.sync(&messages)
+                BatchPipeline.appendStatement(&messages, sql, parameterTypes: [question.oid], values: [question.value])
             }
             BatchPipeline.run(messages, units: questions.count, on: server).whenComplete { result in
                 switch result {
@@ -398,24 +395,16 @@ final class Batcher: @unchecked Sendable {
                 FROM pg_attribute a LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
                 WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum
                 """
-            FrontendEncoder.parse(&messages, name: "", query: catalogSQL, parameterTypes: [25])
-            FrontendEncoder.bind(
-                &messages, portal: "", statement: "", parameterFormats: [], values: [ByteBuffer(string: shape.qualifiedName)],
-                resultFormats: [])
-            FrontendEncoder.execute(&messages, portal: "")
-            FrontendEncoder.sync(&messages)
+            BatchPipeline.appendStatement(&messages, catalogSQL, parameterTypes: [25], values: [ByteBuffer(string: shape.qualifiedName)])
             BatchPipeline.run(messages, units: 2, on: server).flatMap { results -> EventLoopFuture<(PipelineUnitResult, PipelineUnitResult, [PipelineUnitResult])> in
-                self.logger.debug("batch statement described", metadata: ["results": "\(results)"])
+                self.logger.trace("batch statement described", metadata: ["results": "\(results)"])
                 guard let types = results[0].parameterTypes, results[0].error == nil, results[1].error == nil else {
                     return self.loop.makeSucceededFuture((results[0], results[1], []))
                 }
                 var lookup = ByteBuffer()
-                FrontendEncoder.parse(&lookup, name: "", query: "SELECT oid, typarray, typdelim FROM pg_type WHERE oid = ANY($1::oid[])", parameterTypes: [])
-                FrontendEncoder.bind(
-                    &lookup, portal: "", statement: "", parameterFormats: [],
-                    values: [ByteBuffer(string: "{" + types.map(String.init).joined(separator: ",") + "}")], resultFormats: [])
-                FrontendEncoder.execute(&lookup, portal: "")
-                FrontendEncoder.sync(&lookup)
+                BatchPipeline.appendStatement(
+                    &lookup, "SELECT oid, typarray, typdelim FROM pg_type WHERE oid = ANY($1::oid[])",
+                    values: [ByteBuffer(string: "{" + types.map(String.init).joined(separator: ",") + "}")])
                 return BatchPipeline.run(lookup, units: 1, on: server).map { (results[0], results[1], $0) }
             }.whenComplete { result in
                 switch result {
@@ -513,7 +502,7 @@ final class Batcher: @unchecked Sendable {
     }
 
     private func prepared(_ group: BatchGroup, _ result: Result<PreparedBatch, any Error>) {
-        self.logger.debug("batch group prepared", metadata: ["result": "\(result)"])
+        self.logger.trace("batch group prepared", metadata: ["result": "\(result)"])
         switch result {
         case .success(let prepared):
             if let reason = prepared.unbatchableReason {
