@@ -117,11 +117,24 @@ public struct InsertShape: Sendable, Equatable {
         self.columns.isEmpty ? "" : " (" + self.columns.map(InsertAnalyzer.quote).joined(separator: ", ") + ")"
     }
 
-    /// What statements of one batch share: the target, the columns, the row shape and the slot classes.
-    public var template: String {
+    /// What statements of one batch share: the target, the columns, the row shape and the slot classes. Set
+    /// once by the analyzer (it is part of every statement's group key).
+    public internal(set) var template = ""
+
+    func makeTemplate() -> String {
         var text = "INSERT INTO \(self.qualifiedName)\(self.columnListSQL) VALUES ("
         text += self.items.map { $0.sql { "$\($0 + 1)" } }.joined(separator: ", ")
-        text += ") -- " + self.slotClasses.map { "\($0)" }.joined(separator: ",")
+        text += ") -- "
+        for slotClass in self.slotClasses {
+            switch slotClass {
+            case .unknown: text += "u,"
+            case .int4: text += "i4,"
+            case .int8: text += "i8,"
+            case .numeric: text += "n,"
+            case .bool: text += "b,"
+            case .parameter: text += "p,"
+            }
+        }
         return text
     }
 }
@@ -209,6 +222,7 @@ public enum InsertAnalyzer {
             shape.parameterCount = max(shape.parameterCount, row.maxParameter)
         }
         for item in shape.items { item.collectFunctions(into: &shape.functions) }
+        shape.template = shape.makeTemplate()
         return .success(shape)
     }
 
