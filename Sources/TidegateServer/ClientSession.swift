@@ -2359,9 +2359,13 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     /// The session's TimeZone as this system knows it (nil: unknown, e.g. a POSIX rule string).
     private var sessionTimeZone: TimeZone? {
         let name = self.reportedParameters["TimeZone"] ?? "UTC"
-        if Self.utcZones.contains(name) { return TimeZone(identifier: "UTC") }
-        return TimeZone(identifier: name)
+        if let cached = self.cachedZone, cached.name == name { return cached.zone }
+        let zone = Self.utcZones.contains(name) ? TimeZone(identifier: "UTC") : TimeZone(identifier: name)
+        self.cachedZone = (name, zone)
+        return zone
     }
+
+    private var cachedZone: (name: String, zone: TimeZone?)?
 
     /// The relation's buffer had no room for the waiting statement: try again (stay paused while full).
     private func retryBatchRoom() {
