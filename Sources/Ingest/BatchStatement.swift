@@ -51,7 +51,13 @@ public enum BatchStatement {
         let values = shape.items.map { $0.sql { "u.s\($0 + 1)" } }.joined(separator: ", ")
         var returning: [String] = []
         if ignoreConflicts { returning += ["tableoid", "ctid"] + key.map { InsertAnalyzer.quote($0.name) } }
-        if let cache { returning += [InsertAnalyzer.quote(cache.timeColumn), InsertAnalyzer.quote(cache.instrumentColumn)] }
+        if let cache {
+            // A key column that is also the time or instrument column is returned once (a name twice in
+            // RETURNING would make `ins.<name>` ambiguous).
+            for column in [cache.timeColumn, cache.instrumentColumn] where !returning.contains(InsertAnalyzer.quote(column)) {
+                returning.append(InsertAnalyzer.quote(column))
+            }
+        }
         let tagSelect = cache.map { cache in
             let time = InsertAnalyzer.quote(cache.timeColumn)
             let instrument = InsertAnalyzer.quote(cache.instrumentColumn)

@@ -2322,6 +2322,12 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             }
             guard shape.functions.allSatisfy({ catalog.isCacheSafe($0, allowed: []) }) else { return false }
         }
+        var original = original
+        if relation.batch.ignoreConflicts {
+            // Run as sent (alone, or when its shape cannot be batched), it still ignores duplicates.
+            guard let ignoring = Self.ignoringConflicts(original) else { return false }
+            original = ignoring
+        }
         self.batchSequence += 1
         let id = self.batchSequence
         var reply = reply
@@ -2354,6 +2360,23 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         }
         self.batchReplies.append(reply)
         return true
+    }
+
+    /// The client's statement with `ON CONFLICT DO NOTHING` (nil when its text is not UTF-8 or not one
+    /// statement).
+    static func ignoringConflicts(_ original: BatchOriginal) -> BatchOriginal? {
+        func rewrite(_ query: ByteBuffer) -> ByteBuffer? {
+            guard let text = String(validating: query.readableBytesView, as: UTF8.self) else { return nil }
+            let statements = SQLLexer.statements(in: text)
+            guard statements.count == 1 else { return nil }
+            return ByteBuffer(string: statements[0].text + "\nON CONFLICT DO NOTHING")
+        }
+        switch original {
+        case .simple(let query):
+            return rewrite(query).map { .simple($0) }
+        case .extended(let query, let types, let bind, let portal):
+            return rewrite(query).map { .extended(query: $0, parameterTypes: types, bind: bind, portal: portal) }
+        }
     }
 
     /// The session's TimeZone as this system knows it (nil: unknown, e.g. a POSIX rule string).

@@ -123,5 +123,11 @@ import Testing
         #expect(sql.contains("ON CONFLICT DO NOTHING RETURNING tableoid, ctid, \"symbol\", \"ts\""))
         #expect(sql.contains("ins.\"symbol\" = CAST(u.s2 AS text) AND ins.\"ts\" = CAST(u.s1 AS timestamp with time zone)"))
         #expect(sql.hasSuffix("GROUP BY u.item"))
+        // With the cache, the key's time and instrument columns are not returned twice.
+        let cached = BatchStatement.sql(
+            shape: shape, ignoreConflicts: true, key: key,
+            cache: BatchCacheColumns(timeColumn: "ts", instrumentColumn: "symbol", bucketMicros: 60_000_000))
+        #expect(cached.contains("RETURNING tableoid, ctid, \"symbol\", \"ts\")"))
+        #expect(cached.contains(" UNION ALL SELECT 't'::text, \"symbol\"::text"))
     }
 }

@@ -483,6 +483,48 @@ def test_on_conflict_ignore_counts_duplicates_as_zero(ign: h.Proxy, batch_db: st
         f"SHOW BATCHES duplicates went {before['duplicates']} -> {after['duplicates']}, {duplicates} were sent"
 
 
+def test_on_conflict_ignore_holds_for_statements_run_as_sent(ign: h.Proxy, batch_db: str):
+    """Under on_conflict: ignore, statements that run as their client sent them still ignore duplicates:
+    those of a shape that cannot be batched (setting `conditions`, a text[] column) and those isolated
+    after their batch failed on another client's bad row. Each duplicate counts 0, the bad row gets its
+    23514, the new rows are stored."""
+    symbol = new_symbol("IGNSENT")
+    existing = [make_row(symbol) for _ in range(8)]
+    with direct(batch_db) as d:
+        for row in existing:
+            d.execute(insert_sql(1), row)
+    seven = "INSERT INTO ticks (ts, symbol, price, size, exchange, trade_id, conditions) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+    fresh = make_row(symbol)
+    with connect(ign, batch_db) as c:
+        cur = c.execute(seven, list(existing[0]) + [["@"]])
+        assert (cur.statusmessage, cur.rowcount) == ("INSERT 0 0", 0)
+        assert c.execute(seven, list(fresh) + [["F"]]).statusmessage == "INSERT 0 1"
+    expected = {row[5] for row in existing} | {fresh[5]}
+    # Eight duplicates and one bad row at once, several times: whenever they share a batch, it fails and
+    # is split, and the duplicates run alone.
+    conns = [connect(ign, batch_db) for _ in range(9)]
+    try:
+        for r in range(10):
+            start = threading.Barrier(9, timeout=30)
+            got: list[Any] = [None] * 9
+
+            def send(i: int) -> None:
+                start.wait()
+                try:
+                    row = existing[i] if i < 8 else make_row(symbol, size=-1)
+                    got[i] = conns[i].execute(insert_sql(1), row).statusmessage
+                except psycopg.Error as e:
+                    got[i] = e.sqlstate
+
+            errors = h.run_threads(9, send, timeout=60)
+            assert not errors, [f"{type(e).__name__}: {e}" for e in errors]
+            assert got == ["INSERT 0 0"] * 8 + ["23514"], f"round {r}: {got}"
+    finally:
+        for conn in conns:
+            conn.close()
+    assert sorted(trade_ids(batch_db, symbol)) == sorted(expected)
+
+
 def test_on_conflict_error_duplicate_fails_only_its_sender(err: h.Proxy, batch_db: str):
     """on_conflict: error: in 10 rounds one client re-sends a stored row while 7 others insert new
     rows at the same moment: the duplicate's sender gets 23505 with PostgreSQL's message and detail,
