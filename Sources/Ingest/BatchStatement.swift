@@ -85,7 +85,5 @@ public enum BatchStatement {
 
     /// The statement whose Describe gives the slots' types: one row of the clients' statement, each slot a
     /// parameter declared as the slot's class says.
-    public static func templateSQL(shape: InsertShape) -> String {
-        "INSERT INTO \(shape.qualifiedName)\(shape.columnListSQL) VALUES (" + shape.items.map { $0.sql { "$\($0 + 1)" } }.joined(separator: ", ") + ")"
-    }
+    public static func templateSQL(shape: InsertShape) -> String { shape.oneRowSQL }
 }

@@ -121,10 +121,13 @@ public struct InsertShape: Sendable, Equatable {
     /// once by the analyzer (it is part of every statement's group key).
     public internal(set) var template = ""
 
+    /// One row of the statement with each slot a parameter: `INSERT INTO "t" ("a") VALUES ($1)`.
+    public var oneRowSQL: String {
+        "INSERT INTO \(self.qualifiedName)\(self.columnListSQL) VALUES (" + self.items.map { $0.sql { "$\($0 + 1)" } }.joined(separator: ", ") + ")"
+    }
+
     func makeTemplate() -> String {
-        var text = "INSERT INTO \(self.qualifiedName)\(self.columnListSQL) VALUES ("
-        text += self.items.map { $0.sql { "$\($0 + 1)" } }.joined(separator: ", ")
-        text += ") -- "
+        var text = self.oneRowSQL + " -- "
         for slotClass in self.slotClasses {
             switch slotClass {
             case .unknown: text += "u,"

@@ -99,34 +99,30 @@ final class BatchStatistics: Sendable {
         self.entries.withLockedValue { body(&$0[Key(database: database, relation: relation), default: Entry()]) }
     }
 
+    /// A statement taken by a loop's batcher (counted), or one that left it: the queue depth moves.
     func queued(database: String, relation: String, loop: ObjectIdentifier, rows: Int, bytes: Int) {
-        self.update(database, relation) { entry in
-            var value = entry.queued[loop] ?? (0, 0, 0)
-            value.rows += rows
-            value.bytes += bytes
-            value.statements += 1
-            entry.queued[loop] = value
-        }
-        self.handles(relation).queuedRows.record(self.queuedRows(relation: relation))
+        self.moveQueue(database, relation, loop: loop, rows: rows, bytes: bytes, statements: 1, taken: true)
     }
 
     func dequeued(database: String, relation: String, loop: ObjectIdentifier, rows: Int, bytes: Int) {
-        self.update(database, relation) { entry in
-            var value = entry.queued[loop] ?? (0, 0, 0)
-            value.rows -= rows
-            value.bytes -= bytes
-            value.statements -= 1
-            entry.queued[loop] = value
-        }
-        self.handles(relation).queuedRows.record(self.queuedRows(relation: relation))
+        self.moveQueue(database, relation, loop: loop, rows: -rows, bytes: -bytes, statements: -1, taken: false)
     }
 
-    private func queuedRows(relation: String) -> Int {
-        self.entries.withLockedValue { entries in
-            entries.filter { $0.key.relation == relation }.values.reduce(0) { total, entry in
-                total + entry.queued.values.reduce(0) { $0 + $1.rows }
+    private func moveQueue(_ database: String, _ relation: String, loop: ObjectIdentifier, rows: Int, bytes: Int, statements: Int, taken: Bool) {
+        let key = Key(database: database, relation: relation)
+        let depth = self.entries.withLockedValue { entries -> Int in
+            entries[key, default: Entry()].queued[loop, default: (0, 0, 0)].rows += rows
+            entries[key, default: Entry()].queued[loop, default: (0, 0, 0)].bytes += bytes
+            entries[key, default: Entry()].queued[loop, default: (0, 0, 0)].statements += statements
+            if taken { entries[key, default: Entry()].statements += 1 }
+            // The gauge is per relation: every database's waiting rows of it.
+            return entries.reduce(0) { total, element in
+                element.key.relation == relation ? total + element.value.queued.values.reduce(0) { $0 + $1.rows } : total
             }
         }
+        let handles = self.handles(relation)
+        if taken { handles.statements.increment() }
+        handles.queuedRows.record(depth)
     }
 
     func rejected(database: String, relation: String) {
@@ -173,11 +169,6 @@ final class BatchStatistics: Sendable {
         if duplicates > 0 { handles.duplicates.increment(by: duplicates) }
         if errors > 0 { handles.errors.increment(by: errors) }
         handles.commit.recordNanoseconds(commitNanos)
-    }
-
-    func statement(database: String, relation: String) {
-        self.update(database, relation) { $0.statements += 1 }
-        self.handles(relation).statements.increment()
     }
 
     /// One row per (database, relation), for SHOW BATCHES.

@@ -77,8 +77,6 @@ struct PreparedBatch {
     var rules: [(BatchRule, RuleAccess)]
     var cache: BatchCacheColumns?
     var ignoreConflicts: Bool
-    /// Set when the statement cannot be batched.
-    var unbatchableReason: String?
 }
 
 /// One group: its statements waiting, its flush decisions and its prepared statement.
@@ -156,7 +154,6 @@ final class Batcher: @unchecked Sendable {
             self.prepare(group)
         }
         group.lastUsed = .now()
-        self.stats.statement(database: key.database, relation: relation.name)
         self.queuedBytes[relation.name, default: 0] += item.bytes
         self.stats.queued(database: key.database, relation: relation.name, loop: ObjectIdentifier(self), rows: item.rowCount, bytes: item.bytes)
         switch group.state {
@@ -188,7 +185,7 @@ final class Batcher: @unchecked Sendable {
                 break
             case .reject(let rejection):
                 self.stats.rejected(database: group.key.database, relation: group.relation.name)
-                self.finish(item, group: group, outcome: .failed(rejection, before: []))
+                self.finish(item, group: group, outcome: .failed(rejection, before: []), later: true)
                 return
             case .ask(let questions):
                 // Text Tidegate cannot read (a DateStyle-dependent date, say): PostgreSQL reads it, under
@@ -206,10 +203,15 @@ final class Batcher: @unchecked Sendable {
         self.perform(actions, group: group)
     }
 
-    /// A value a rule needs that PostgreSQL must read: (row, rule index) and the value with its type.
-    struct RuleQuestion {
+    /// A row's value for one rule (by index).
+    struct RuleCell: Hashable {
         var row: Int
         var rule: Int
+    }
+
+    /// A value a rule needs that PostgreSQL must read, with its type.
+    struct RuleQuestion {
+        var cell: RuleCell
         var value: ByteBuffer
         var oid: UInt32
         var time: Bool
@@ -225,7 +227,7 @@ final class Batcher: @unchecked Sendable {
         let key = group.key
         self.withPrimary(database: key.database, user: key.user, settings: key.settings, since: .now()) { result in
             guard case .success((let server, let pool)) = result else {
-                if case .failure(let error) = result { self.finish(item, group: group, outcome: .failed(Self.unavailable(error), before: [])) }
+                if case .failure(let error) = result { self.fail(item, group: group, Self.unavailable(error)) }
                 return
             }
             var messages = ByteBuffer()
@@ -237,15 +239,15 @@ final class Batcher: @unchecked Sendable {
                 switch result {
                 case .success(let answers):
                     pool.release(server)
-                    var resolved: [Int: RuleValue?] = [:]
+                    var resolved: [RuleCell: RuleValue?] = [:]
                     for (question, answer) in zip(questions, answers) {
                         if let error = answer.error {
                             // PostgreSQL refuses the value itself: the sender gets that error, as directly.
-                            self.finish(item, group: group, outcome: .failed(error, before: []))
+                            self.fail(item, group: group, error)
                             return
                         }
                         let number = answer.rows.first?.first.flatMap { $0.flatMap { Double($0) } }
-                        resolved[question.row * 1_024 + question.rule] =
+                        resolved[question.cell] =
                             question.time ? number.flatMap(RuleValueReader.instant(seconds:)).map(RuleValue.instant) : number.map(RuleValue.number)
                     }
                     switch self.check(item, rules: prepared.rules, relation: group.relation.name, resolved: resolved) {
@@ -256,14 +258,14 @@ final class Batcher: @unchecked Sendable {
                         self.finish(item, group: group, outcome: .failed(rejection, before: []))
                     case .ask(let more):
                         let raw = more.first.map { String(buffer: $0.value) } ?? ""
-                        let rule = more.first.map { prepared.rules[$0.rule].0 }
+                        let rule = more.first.map { prepared.rules[$0.cell.rule].0 }
                         self.finish(
                             item, group: group,
                             outcome: .failed(self.unreadable(rule ?? prepared.rules[0].0, relation: group.relation.name, raw: ByteBuffer(string: raw), binary: false), before: []))
                     }
                 case .failure(let error):
                     pool.discard(server)
-                    self.finish(item, group: group, outcome: .failed(Self.unavailable(error), before: []))
+                    self.fail(item, group: group, Self.unavailable(error))
                 }
             }
         }
@@ -293,9 +295,9 @@ final class Batcher: @unchecked Sendable {
     // MARK: Rules
 
     /// Checks every row against the rules. `resolved` holds what PostgreSQL read for values Tidegate could
-    /// not (by row × 1,024 + rule index).
+    /// not.
     private func check(
-        _ item: BatchItem, rules: [(BatchRule, RuleAccess)], relation: String, resolved: [Int: RuleValue?]
+        _ item: BatchItem, rules: [(BatchRule, RuleAccess)], relation: String, resolved: [RuleCell: RuleValue?]
     ) -> RuleCheck {
         let now = CacheTier.nowMillis() * 1_000
         var questions: [RuleQuestion] = []
@@ -307,7 +309,8 @@ final class Batcher: @unchecked Sendable {
                 case .slot(let index, let oid, let binary):
                     slot = index
                     guard let raw = row[index] else { break }
-                    if let known = resolved[rowIndex * 1_024 + ruleIndex] {
+                    let cell = RuleCell(row: rowIndex, rule: ruleIndex)
+                    if let known = resolved[cell] {
                         value = known
                     } else if rule.isTimeRule {
                         value = RuleValueReader.instant(raw, oid: oid, binary: binary, zone: item.zone).map(RuleValue.instant)
@@ -315,10 +318,10 @@ final class Batcher: @unchecked Sendable {
                         value = RuleValueReader.number(raw, oid: oid, binary: binary).map(RuleValue.number)
                     }
                     if value == nil {
-                        guard !binary, resolved[rowIndex * 1_024 + ruleIndex] == nil else {
+                        guard !binary, resolved[cell] == nil else {
                             return .reject(self.unreadable(rule, relation: relation, raw: raw, binary: binary))
                         }
-                        questions.append(RuleQuestion(row: rowIndex, rule: ruleIndex, value: raw, oid: oid, time: rule.isTimeRule))
+                        questions.append(RuleQuestion(cell: cell, value: raw, oid: oid, time: rule.isTimeRule))
                         continue
                     }
                 case .epochSeconds(let index, let oid, let binary):
@@ -337,7 +340,7 @@ final class Batcher: @unchecked Sendable {
                             hint: "Send \(rule.column) as a value, or remove the rule."))
                 }
                 if !rule.accepts(value, nowMicros: now) {
-                    let shown = row[slot].map { binaryOrText($0, item: item, slot: slot, access: access) } ?? "NULL"
+                    let shown = row[slot].map { Self.shown($0, access: access) } ?? "NULL"
                     return .reject(
                         ErrorFields(
                             severity: "ERROR", sqlState: "23514",
@@ -350,7 +353,8 @@ final class Batcher: @unchecked Sendable {
         return questions.isEmpty ? .accept : .ask(questions)
     }
 
-    private func binaryOrText(_ raw: ByteBuffer, item: BatchItem, slot: Int, access: RuleAccess) -> String {
+    /// A value as a rule message shows it.
+    private static func shown(_ raw: ByteBuffer, access: RuleAccess) -> String {
         switch access {
         case .uncomputable:
             return "(an expression)"
@@ -391,7 +395,7 @@ final class Batcher: @unchecked Sendable {
             FrontendEncoder.describe(&messages, kind: UInt8(ascii: "S"), name: "")
             FrontendEncoder.sync(&messages)
             let catalogSQL = """
-                SELECT a.attname, format_type(a.atttypid, a.atttypmod), coalesce(a.attnum = ANY(i.indkey), false), a.attnotnull \
+                SELECT a.attname, format_type(a.atttypid, a.atttypmod), coalesce(a.attnum = ANY(i.indkey), false) \
                 FROM pg_attribute a LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
                 WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum
                 """
@@ -410,7 +414,7 @@ final class Batcher: @unchecked Sendable {
                 switch result {
                 case .success((let described, let catalog, let arrays)):
                     pool.release(server)
-                    self.prepared(group, self.build(group, described: described, catalog: catalog, arrays: arrays.first))
+                    self.prepared(group, .success(self.build(group, described: described, catalog: catalog, arrays: arrays.first)))
                 case .failure(let error):
                     pool.discard(server)
                     self.prepared(group, .failure(error))
@@ -421,12 +425,12 @@ final class Batcher: @unchecked Sendable {
 
     private func build(
         _ group: BatchGroup, described: PipelineUnitResult, catalog: PipelineUnitResult, arrays: PipelineUnitResult?
-    ) -> Result<PreparedBatch, any Error> {
+    ) -> BatchGroup.State {
         if let error = described.error ?? catalog.error {
-            return .success(PreparedBatch.unbatchable("the primary refused the statement: \(error.message ?? "")"))
+            return .unbatchable("the primary refused the statement: \(error.message ?? "")")
         }
         guard let slotOIDs = described.parameterTypes, slotOIDs.count == group.shape.slotClasses.count, let arrays, arrays.error == nil
-        else { return .success(PreparedBatch.unbatchable("the statement's parameter types are unknown")) }
+        else { return .unbatchable("the statement's parameter types are unknown") }
         var arrayOf: [UInt32: UInt32] = [:]
         for row in arrays.rows {
             guard row.count == 3, let oid = row[0].flatMap({ UInt32($0) }), let array = row[1].flatMap({ UInt32($0) }) else { continue }
@@ -436,18 +440,18 @@ final class Batcher: @unchecked Sendable {
         var arrayOIDs: [UInt32] = []
         for oid in slotOIDs {
             guard let array = arrayOf[oid] else {
-                return .success(
-                    PreparedBatch.unbatchable(
-                        arrays.rows.contains(where: { $0.first == "\(oid)" && $0[safe: 1] == "0" })
-                            ? "a value of type \(oid) is an array (arrays of arrays are not sent)"
-                            : "type \(oid) has no array type with a comma delimiter"))
+                let isArray = arrays.rows.contains { $0.count == 3 && $0[0] == "\(oid)" && $0[1] == "0" }
+                return .unbatchable(
+                    isArray
+                        ? "a value of type \(oid) is an array (arrays of arrays are not sent)"
+                        : "type \(oid) has no array type with a comma delimiter")
             }
             arrayOIDs.append(array)
         }
         // The columns each item goes to, by the list or the table's order.
-        let tableColumns = catalog.rows.compactMap { row -> (name: String, type: String, key: Bool, notNull: Bool)? in
-            guard row.count == 4, let name = row[0], let type = row[1] else { return nil }
-            return (name, type, row[2] == "t", row[3] == "t")
+        let tableColumns = catalog.rows.compactMap { row -> (name: String, type: String, key: Bool)? in
+            guard row.count == 3, let name = row[0], let type = row[1] else { return nil }
+            return (name, type, row[2] == "t")
         }
         let shape = group.shape
         let itemColumns = shape.columns.isEmpty ? Array(tableColumns.prefix(shape.items.count).map(\.name)) : shape.columns
@@ -456,10 +460,10 @@ final class Batcher: @unchecked Sendable {
         var keyColumns: [BatchKeyColumn] = []
         if batch.ignoreConflicts {
             let key = tableColumns.filter(\.key)
-            guard !key.isEmpty else { return .success(PreparedBatch.unbatchable("on_conflict: ignore needs a primary key")) }
+            guard !key.isEmpty else { return .unbatchable("on_conflict: ignore needs a primary key") }
             for column in key {
                 guard let index = item(of: column.name) else {
-                    return .success(PreparedBatch.unbatchable("the statement does not set key column \(column.name)"))
+                    return .unbatchable("the statement does not set key column \(column.name)")
                 }
                 keyColumns.append(BatchKeyColumn(name: column.name, item: index, type: column.type))
             }
@@ -468,7 +472,7 @@ final class Batcher: @unchecked Sendable {
         for rule in batch.rules {
             guard let index = item(of: rule.column) else {
                 if tableColumns.contains(where: { $0.name == rule.column }) { continue }  // defaulted: not the client's value
-                return .success(PreparedBatch.unbatchable("rule \(rule.name) names column \(rule.column), which the relation does not have"))
+                return .unbatchable("rule \(rule.name) names column \(rule.column), which the relation does not have")
             }
             let binary = { (slot: Int) in group.key.binary[slot] }
             switch shape.items[index] {
@@ -494,25 +498,25 @@ final class Batcher: @unchecked Sendable {
         if batch.ignoreConflicts { arrayOIDs.append(1007) }  // int4[]: each row's statement
         var hash = FNV1a64()
         for byte in sql.utf8 { hash.add(byte) }
-        for oid in arrayOIDs { hash.add(UInt8(truncatingIfNeeded: oid)); hash.add(UInt8(truncatingIfNeeded: oid >> 8)) }
-        return .success(
+        for oid in arrayOIDs {
+            for shift in stride(from: 0, to: 32, by: 8) { hash.add(UInt8(truncatingIfNeeded: oid >> UInt32(shift))) }
+        }
+        return .ready(
             PreparedBatch(
                 sql: sql, statementName: "tg_batch_" + String(hash.value, radix: 36), arrayOIDs: arrayOIDs, slotOIDs: slotOIDs, rules: rules,
                 cache: cache, ignoreConflicts: batch.ignoreConflicts))
     }
 
-    private func prepared(_ group: BatchGroup, _ result: Result<PreparedBatch, any Error>) {
+    private func prepared(_ group: BatchGroup, _ result: Result<BatchGroup.State, any Error>) {
         self.logger.trace("batch group prepared", metadata: ["result": "\(result)"])
         switch result {
-        case .success(let prepared):
-            if let reason = prepared.unbatchableReason {
+        case .success(let state):
+            group.state = state
+            if case .unbatchable(let reason) = state {
                 self.logger.info(
                     "statement shape not batched; its statements run as sent",
                     metadata: ["relation": "\(group.relation.name)", "reason": "\(reason)"])
-                group.state = .unbatchable(reason)
                 self.stats.unbatchable(database: group.key.database, relation: group.relation.name, reason: reason)
-            } else {
-                group.state = .ready(prepared)
             }
             let waiting = group.waiting
             group.waiting = []
@@ -523,17 +527,14 @@ final class Batcher: @unchecked Sendable {
             self.groups.removeValue(forKey: group.key)
             let waiting = group.waiting
             group.waiting = []
-            for item in waiting {
-                self.stats.failed(database: group.key.database, relation: group.relation.name)
-                self.finish(item, group: group, outcome: .failed(fields, before: []))
-            }
+            for item in waiting { self.fail(item, group: group, fields) }
         }
     }
 
     static func unavailable(_ error: any Error) -> ErrorFields {
         switch error {
-        case TidegateError.serverRefused(let fields):
-            var fields = fields
+        case let error as TidegateError:
+            var fields = error.clientFields
             // An error for the statement, not the end of the client's connection.
             for index in fields.fields.indices where fields.fields[index].code == UInt8(ascii: "S") || fields.fields[index].code == UInt8(ascii: "V") {
                 fields.fields[index].value = "ERROR"
@@ -645,11 +646,16 @@ final class Batcher: @unchecked Sendable {
     }
 
     private func sendRound(_ run: FlushRun, units: [Unit], prepared: PreparedBatch?, server: ServerConnection, pool: ServerPool) {
+        // Without a batch statement every statement runs as sent (one unit each: the replies are counted).
+        let units = prepared != nil ? units : units.flatMap { unit -> [Unit] in
+            if case .batch(let range) = unit { return range.map { .original($0) } }
+            return [unit]
+        }
         var messages = ByteBuffer()
         for unit in units {
             switch unit {
             case .batch(let range):
-                guard let prepared else { continue }
+                guard let prepared else { continue }  // expanded above
                 if !server.touchPrepared(prepared.statementName) {
                     FrontendEncoder.parse(&messages, name: prepared.statementName, query: prepared.sql, parameterTypes: prepared.arrayOIDs)
                     server.prepared[prepared.statementName] = server.useTick
@@ -842,10 +848,23 @@ final class Batcher: @unchecked Sendable {
         return nil
     }
 
-    private func finish(_ item: BatchItem, group: BatchGroup, outcome: BatchOutcome) {
+    /// A statement that fails outside a batch (its group could not be prepared, PostgreSQL refused a value a
+    /// rule needed): counted as an error.
+    private func fail(_ item: BatchItem, group: BatchGroup, _ fields: ErrorFields) {
+        self.stats.failed(database: group.key.database, relation: group.relation.name)
+        self.finish(item, group: group, outcome: .failed(fields, before: []))
+    }
+
+    /// Reports a statement's outcome. `later`: the sender may still be inside `submit` (a rule rejected the
+    /// statement at once), so the outcome goes out on the next loop tick.
+    private func finish(_ item: BatchItem, group: BatchGroup, outcome: BatchOutcome, later: Bool = false) {
         self.queuedBytes[group.relation.name, default: 0] -= item.bytes
         self.stats.dequeued(database: group.key.database, relation: group.relation.name, loop: ObjectIdentifier(self), rows: item.rowCount, bytes: item.bytes)
-        self.loop.execute { item.done(outcome) }
+        if later {
+            self.loop.execute { item.done(outcome) }
+        } else {
+            item.done(outcome)
+        }
         if !self.roomWaiters.isEmpty {
             let waiters = self.roomWaiters
             self.roomWaiters = []
@@ -859,19 +878,6 @@ final class Batcher: @unchecked Sendable {
     func stop() {
         for group in self.groups.values { group.timer?.cancel() }
     }
-}
-
-extension PreparedBatch {
-    static func unbatchable(_ reason: String) -> PreparedBatch {
-        PreparedBatch(
-            sql: "", statementName: "", arrayOIDs: [], slotOIDs: [], rules: [], cache: nil, ignoreConflicts: false,
-            unbatchableReason: reason)
-    }
-
-}
-
-extension Array {
-    subscript(safe index: Int) -> Element? { index >= 0 && index < self.count ? self[index] : nil }
 }
 
 /// Values in rule messages.

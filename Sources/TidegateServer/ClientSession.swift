@@ -189,6 +189,8 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     // Insert coalescing (when a relation has `batch.enabled`).
     /// Extended-protocol messages held until their Sync decides whether the batcher takes them.
     private var batchCandidate: [PostgresFrame] = []
+    /// The statement the held candidate executes.
+    private var batchCandidateInsert: BatchableInsert?
     /// Statements with the batcher, in the order their replies are owed.
     private var batchReplies = Deque<BatchReply>()
     private var batchSequence = 0
@@ -2149,7 +2151,12 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 self.batchCandidate.append(frame)
                 let frames = self.batchCandidate
                 self.batchCandidate = []
-                if !self.submitExtendedBatch(frames) { self.release(frames) }
+                if let insert = self.batchCandidateInsert, self.submitExtendedBatch(frames, insert: insert) {
+                    self.batchCandidateInsert = nil
+                } else {
+                    self.batchCandidateInsert = nil
+                    self.release(frames)
+                }
                 return .taken
             default:
                 self.releaseBatchCandidate()
@@ -2165,33 +2172,26 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
             case .query:
                 var body = frame.body
                 if let query = body.readNullTerminatedBytes(), body.readableBytes == 0 {
-                    if let shape = self.shard.insertShape(query) {
+                    if let insert = self.shard.batchableInsert(query) {
                         self.releaseServerIfDone()
-                        if self.server == nil && self.submitSimpleBatch(frame, query: query, shape: shape) { return .taken }
+                        if self.server == nil && self.submitSimpleBatch(frame, query: query, insert: insert) { return .taken }
                     } else {
                         self.shard.noteNotBatched(query, database: self.database)
                     }
                 }
             case .parse:
-                if let parse = try? FrontendMessage.parse(frame), self.shard.insertShape(parse.queryBytes) != nil,
+                if let parse = try? FrontendMessage.parse(frame), let insert = self.shard.batchableInsert(parse.queryBytes),
                     parse.statementName.isEmpty ? self.config.pool.prepareUnnamed : self.statements[parse.statementName] == nil
                 {
-                    self.releaseServerIfDone()
-                    if self.server == nil {
-                        self.batchCandidate = [frame]
-                        return .taken
-                    }
+                    if self.startBatchCandidate(frame, insert) { return .taken }
                 }
             case .bind:
                 if let bind = try? FrontendMessage.bind(frame), let info = self.lookup(bind.statementName) {
-                    if self.shard.insertShape(info.clientQuery) != nil {
-                        self.releaseServerIfDone()
-                        if self.server == nil {
-                            self.batchCandidate = [frame]
-                            return .taken
-                        }
+                    if let insert = self.shard.batchableInsert(info.clientQuery) {
+                        if self.startBatchCandidate(frame, insert) { return .taken }
+                    } else {
+                        self.shard.noteNotBatched(info.clientQuery, database: self.database)
                     }
-                    self.shard.noteNotBatched(info.clientQuery, database: self.database)
                 }
             default:
                 break
@@ -2209,6 +2209,16 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         return .passes
     }
 
+    /// Holds a Parse or Bind of a batchable INSERT until its Sync (a server connection still attached after
+    /// the login or the last reply is let go first).
+    private func startBatchCandidate(_ frame: PostgresFrame, _ insert: BatchableInsert) -> Bool {
+        self.releaseServerIfDone()
+        guard self.server == nil else { return false }
+        self.batchCandidate = [frame]
+        self.batchCandidateInsert = insert
+        return true
+    }
+
     private func queueBehindBatches(_ frame: PostgresFrame) {
         self.batchQueue.append(frame)
         self.batchQueueBytes += frame.raw.readableBytes
@@ -2221,6 +2231,7 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
     private func releaseBatchCandidate() {
         let frames = self.batchCandidate
         self.batchCandidate = []
+        self.batchCandidateInsert = nil
         self.release(frames)
     }
 
@@ -2235,79 +2246,71 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         }
     }
 
-    private func submitSimpleBatch(_ frame: PostgresFrame, query: ByteBuffer, shape: InsertShape) -> Bool {
+    private func submitSimpleBatch(_ frame: PostgresFrame, query: ByteBuffer, insert: BatchableInsert) -> Bool {
+        guard let (values, binary) = Self.rowValues(insert.shape, bound: nil), let declared = insert.shape.declaredOIDs(parameterTypes: [])
+        else { return false }
+        return self.submitBatch(
+            insert, values: values, declared: declared, binary: binary, original: .simple(insert.ignoringConflicts ?? query),
+            frames: [frame], reply: BatchReply(id: 0, simple: true, parse: false, describe: false, started: .now()), prelude: nil)
+    }
+
+    /// `[Parse] Bind [Describe portal] Execute(all rows) Sync` of one batchable INSERT.
+    private func submitExtendedBatch(_ frames: [PostgresFrame], insert: BatchableInsert) -> Bool {
+        guard let request = try? self.extendedRequest(frames) else { return false }
+        let shape = insert.shape
+        let info = request.info
+        let bound = request.values
+        // The statement's parameters as PostgreSQL counts them; any mismatch gets its error from PostgreSQL.
+        let expected = max(shape.parameterCount, info.parameterTypes.count)
+        guard bound.parameters.count == expected, bound.parameterFormats.count <= 1 || bound.parameterFormats.count == expected,
+            bound.parameterFormats.allSatisfy({ $0 == 0 || $0 == 1 }),
+            let declared = shape.declaredOIDs(parameterTypes: info.parameterTypes),
+            let (values, binary) = Self.rowValues(shape, bound: bound)
+        else { return false }
+        let unnamedBind = FrontendMessage.rewriteBind(request.bindFrame, request.bind, statementName: "")
+        let original = BatchOriginal.extended(
+            query: insert.ignoringConflicts ?? info.clientQuery, parameterTypes: info.parameterTypes, bind: unnamedBind,
+            portal: request.bind.portalName)
+        return self.submitBatch(
+            insert, values: values, declared: declared, binary: binary, original: original, frames: frames,
+            reply: BatchReply(id: 0, simple: false, parse: request.prelude != nil, describe: request.describes, started: .now()),
+            prelude: request.prelude)
+    }
+
+    /// Each row's values by slot (constants as their text, parameters as bound) and whether each slot is in
+    /// binary; nil when a slot's values come in different formats, or a simple query names a parameter
+    /// (PostgreSQL then reports it).
+    static func rowValues(_ shape: InsertShape, bound: FrontendMessage.BindValues?) -> ([[ByteBuffer?]], [Bool])? {
+        var binary: [Bool?] = Array(repeating: nil, count: shape.slotClasses.count)
         var values: [[ByteBuffer?]] = []
         values.reserveCapacity(shape.rows.count)
         for row in shape.rows {
             var out: [ByteBuffer?] = []
             out.reserveCapacity(row.count)
-            for value in row {
+            for (slot, value) in row.enumerated() {
+                let isBinary: Bool
                 switch value {
-                case .constant(let text): out.append(text.map { ByteBuffer(string: $0) })
-                case .parameter: return false  // PostgreSQL reports the missing parameter
+                case .constant(let text):
+                    out.append(text.map { ByteBuffer(string: $0) })
+                    isBinary = false
+                case .parameter(let number):
+                    guard let bound else { return nil }
+                    out.append(bound.parameters[number - 1])
+                    isBinary = bound.isBinary(number - 1)
                 }
+                if let known = binary[slot], known != isBinary { return nil }
+                binary[slot] = isBinary
             }
             values.append(out)
         }
-        guard let declared = shape.declaredOIDs(parameterTypes: []) else { return false }
-        let binary = Array(repeating: false, count: shape.slotClasses.count)
-        return self.submitBatch(
-            shape: shape, values: values, declared: declared, binary: binary, original: .simple(query), frames: [frame],
-            reply: BatchReply(id: 0, simple: true, parse: false, describe: false, started: .now()), prelude: nil)
-    }
-
-    /// `[Parse] Bind [Describe portal] Execute(all rows) Sync` of one batchable INSERT.
-    private func submitExtendedBatch(_ frames: [PostgresFrame]) -> Bool {
-        do {
-            guard let request = try self.extendedRequest(frames), let shape = self.shard.insertShape(request.info.clientQuery) else {
-                return false
-            }
-            let info = request.info
-            let bound = request.values
-            let prelude = request.prelude
-            // The statement's parameters as PostgreSQL counts them; any mismatch gets its error from PostgreSQL.
-            let expected = max(shape.parameterCount, info.parameterTypes.count)
-            guard bound.parameters.count == expected, bound.parameterFormats.count <= 1 || bound.parameterFormats.count == expected,
-                bound.parameterFormats.allSatisfy({ $0 == 0 || $0 == 1 }),
-                let declared = shape.declaredOIDs(parameterTypes: info.parameterTypes)
-            else { return false }
-            var binary: [Bool?] = Array(repeating: nil, count: shape.slotClasses.count)
-            var values: [[ByteBuffer?]] = []
-            values.reserveCapacity(shape.rows.count)
-            for row in shape.rows {
-                var out: [ByteBuffer?] = []
-                out.reserveCapacity(row.count)
-                for (slot, value) in row.enumerated() {
-                    let isBinary: Bool
-                    switch value {
-                    case .constant(let text):
-                        out.append(text.map { ByteBuffer(string: $0) })
-                        isBinary = false
-                    case .parameter(let number):
-                        out.append(bound.parameters[number - 1])
-                        isBinary = bound.isBinary(number - 1)
-                    }
-                    if let known = binary[slot], known != isBinary { return false }
-                    binary[slot] = isBinary
-                }
-                values.append(out)
-            }
-            let unnamedBind = FrontendMessage.rewriteBind(request.bindFrame, request.bind, statementName: "")
-            let original = BatchOriginal.extended(
-                query: info.clientQuery, parameterTypes: info.parameterTypes, bind: unnamedBind, portal: request.bind.portalName)
-            return self.submitBatch(
-                shape: shape, values: values, declared: declared, binary: binary.map { $0 ?? false }, original: original, frames: frames,
-                reply: BatchReply(id: 0, simple: false, parse: prelude != nil, describe: request.describes, started: .now()),
-                prelude: prelude)
-        } catch {
-            return false
-        }
+        return (values, binary.map { $0 ?? false })
     }
 
     private func submitBatch(
-        shape: InsertShape, values: [[ByteBuffer?]], declared: [UInt32], binary: [Bool], original: BatchOriginal,
+        _ insert: BatchableInsert, values: [[ByteBuffer?]], declared: [UInt32], binary: [Bool], original: BatchOriginal,
         frames: [PostgresFrame], reply: BatchReply, prelude: CachePrelude?
     ) -> Bool {
+        let shape = insert.shape
         guard let batcher = self.shard.batcher, let relation = self.config.relations[shape.relation], relation.batch.enabled else {
             return false
         }
@@ -2321,12 +2324,6 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
                 return false
             }
             guard shape.functions.allSatisfy({ catalog.isCacheSafe($0, allowed: []) }) else { return false }
-        }
-        var original = original
-        if relation.batch.ignoreConflicts {
-            // Run as sent (alone, or when its shape cannot be batched), it still ignores duplicates.
-            guard let ignoring = Self.ignoringConflicts(original) else { return false }
-            original = ignoring
         }
         self.batchSequence += 1
         let id = self.batchSequence
@@ -2360,23 +2357,6 @@ final class ClientSession: ChannelInboundHandler, ServerConnectionOwner, @unchec
         }
         self.batchReplies.append(reply)
         return true
-    }
-
-    /// The client's statement with `ON CONFLICT DO NOTHING` (nil when its text is not UTF-8 or not one
-    /// statement).
-    static func ignoringConflicts(_ original: BatchOriginal) -> BatchOriginal? {
-        func rewrite(_ query: ByteBuffer) -> ByteBuffer? {
-            guard let text = String(validating: query.readableBytesView, as: UTF8.self) else { return nil }
-            let statements = SQLLexer.statements(in: text)
-            guard statements.count == 1 else { return nil }
-            return ByteBuffer(string: statements[0].text + "\nON CONFLICT DO NOTHING")
-        }
-        switch original {
-        case .simple(let query):
-            return rewrite(query).map { .simple($0) }
-        case .extended(let query, let types, let bind, let portal):
-            return rewrite(query).map { .extended(query: $0, parameterTypes: types, bind: bind, portal: portal) }
-        }
     }
 
     /// The session's TimeZone as this system knows it (nil: unknown, e.g. a POSIX rule string).

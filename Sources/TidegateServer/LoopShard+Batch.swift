@@ -1,19 +1,27 @@
 import NIOCore
 import SQLAnalysis
 
+/// A statement text the batcher takes.
+struct BatchableInsert {
+    var shape: InsertShape
+    /// Under `on_conflict: ignore`: the text with `ON CONFLICT DO NOTHING`, run when the statement runs as
+    /// its client sent it (alone after a failed batch, or of a shape that cannot be batched).
+    var ignoringConflicts: ByteBuffer?
+}
+
 /// What the batcher knows of a statement text.
 enum InsertMemo {
-    case shape(InsertShape)
+    case batchable(BatchableInsert)
     /// An INSERT into a batched relation in a form that is not batched.
     case refused(relation: String, reason: String)
     case other
 }
 
 extension LoopShard {
-    /// The batchable shape of a statement text (memoized per text), or nil. Only texts that start with
+    /// The batchable form of a statement text (memoized per text), or nil. Only texts that start with
     /// INSERT (after spaces and comments) are parsed at all.
-    func insertShape(_ query: ByteBuffer) -> InsertShape? {
-        if case .shape(let shape) = self.insertMemo(query) { return shape }
+    func batchableInsert(_ query: ByteBuffer) -> BatchableInsert? {
+        if case .batchable(let insert) = self.insertMemo(query) { return insert }
         return nil
     }
 
@@ -32,7 +40,15 @@ extension LoopShard {
         if query.withUnsafeReadableBytes(Self.startsWithInsert) {
             switch InsertAnalyzer.analyze(String(buffer: query)) {
             case .success(let parsed):
-                if self.config.relations[parsed.relation]?.batch.enabled == true { memo = .shape(parsed) }
+                if let batch = self.config.relations[parsed.relation]?.batch, batch.enabled {
+                    if !batch.ignoreConflicts {
+                        memo = .batchable(BatchableInsert(shape: parsed))
+                    } else if let ignoring = Self.ignoringConflicts(query) {
+                        memo = .batchable(BatchableInsert(shape: parsed, ignoringConflicts: ignoring))
+                    } else {
+                        memo = .refused(relation: parsed.relation, reason: "on_conflict: ignore needs the text in UTF-8")
+                    }
+                }
             case .failure(let refusal):
                 if let relation = refusal.relation, self.config.relations[relation]?.batch.enabled == true,
                     !Self.notBatchedByDesign.contains(refusal.reason)
@@ -44,6 +60,14 @@ extension LoopShard {
         if self.insertShapeMemo.count >= Self.profileMemoLimit { self.insertShapeMemo.removeAll(keepingCapacity: true) }
         self.insertShapeMemo[ByteBuffer(bytes: query.readableBytesView)] = memo
         return memo
+    }
+
+    /// The text of one INSERT with `ON CONFLICT DO NOTHING` (nil when it is not UTF-8 or not one statement).
+    static func ignoringConflicts(_ query: ByteBuffer) -> ByteBuffer? {
+        guard let text = String(validating: query.readableBytesView, as: UTF8.self) else { return nil }
+        let statements = SQLLexer.statements(in: text)
+        guard statements.count == 1 else { return nil }
+        return ByteBuffer(string: statements[0].text + "\nON CONFLICT DO NOTHING")
     }
 
     static let notBatchedByDesign: Set<String> = ["RETURNING", "ON CONFLICT", "WITH", "OVERRIDING", "not INSERT … VALUES", "not a single INSERT"]

@@ -21,6 +21,7 @@ import random
 import secrets
 import signal
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -523,6 +524,49 @@ def test_on_conflict_ignore_holds_for_statements_run_as_sent(ign: h.Proxy, batch
         for conn in conns:
             conn.close()
     assert sorted(trade_ids(batch_db, symbol)) == sorted(expected)
+
+
+def literal_insert(row: tuple) -> str:
+    return (f"INSERT INTO ticks {COLUMNS} VALUES ('{row[0].isoformat()}', '{row[1]}', {row[2]}, {row[3]}, "
+            f"'{row[4]}', {row[5]})")
+
+
+def test_pipelined_inserts_and_a_read_keep_their_order(err: h.Proxy, batch_db: str):
+    """A client that writes 20 INSERTs, a SELECT and 10 more INSERTs in one go (simple queries, without
+    waiting): the first 20 go to the batcher together, the replies come back in the order sent, and the
+    SELECT sees the 20 rows acknowledged before it. A second client that writes 30 INSERTs and hangs up
+    before reading leaves nothing queued, and the proxy goes on."""
+    symbol = new_symbol("PIPE")
+    rows = [make_row(symbol) for _ in range(30)]
+    before = batch_stats(err, batch_db)
+    with h.RawConn(err.host, err.port, timeout=30) as raw:
+        assert raw.startup("tidegate", batch_db, password="tidegate").end == "ready"
+        payload = b"".join(h.message(b"Q", literal_insert(r).encode() + b"\0") for r in rows[:20])
+        payload += h.message(b"Q", f"SELECT count(*) FROM ticks WHERE symbol = '{symbol}'".encode() + b"\0")
+        payload += b"".join(h.message(b"Q", literal_insert(r).encode() + b"\0") for r in rows[20:])
+        raw.send(payload)
+        replies = [raw.read_until_ready(timeout=30) for _ in range(31)]
+    assert all(r.end == "ready" and not r.errors for r in replies), [r.describe() for r in replies if r.errors or r.end != "ready"]
+    tags = [next((p[:-1].decode() for t, p in r.messages if t == "C"), None) for r in replies]
+    assert tags == ["INSERT 0 1"] * 20 + ["SELECT 1"] + ["INSERT 0 1"] * 10, tags
+    row = next(p for t, p in replies[20].messages if t == "D")
+    (length,) = struct.unpack("!i", row[2:6])
+    assert row[6:6 + length] == b"20", f"the SELECT saw {row[6:6 + length]!r} rows, 20 were acknowledged before it"
+    after = batch_stats(err, batch_db)
+    # The 20 before the SELECT are batched; those already sent behind a statement that went to a server
+    # connection follow it there, in order (batched only if they arrive after it was answered).
+    assert 20 <= delta(before, after, "rows") <= 30, f"{before} -> {after}"
+    assert delta(before, after, "batches") < 20, f"the pipelined INSERTs were not coalesced: {before} -> {after}"
+    assert sorted(trade_ids(batch_db, symbol)) == sorted(r[5] for r in rows)
+
+    gone = new_symbol("GONE")
+    with h.RawConn(err.host, err.port, timeout=30) as raw:
+        assert raw.startup("tidegate", batch_db, password="tidegate").end == "ready"
+        raw.send(b"".join(h.message(b"Q", literal_insert(make_row(gone)).encode() + b"\0") for _ in range(30)))
+    assert h.wait_for(lambda: batch_stats(err, batch_db)["queued_rows"] == 0, 15), batch_stats(err, batch_db)
+    assert len(trade_ids(batch_db, gone)) <= 30
+    with connect(err, batch_db) as c:
+        assert c.execute(insert_sql(1), make_row(symbol)).statusmessage == "INSERT 0 1"
 
 
 def test_on_conflict_error_duplicate_fails_only_its_sender(err: h.Proxy, batch_db: str):
