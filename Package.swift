@@ -15,7 +15,8 @@ let package = Package(
     name: "tidegate",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "tidegate", targets: ["tidegate"])
+        .executable(name: "tidegate", targets: ["tidegate"]),
+        .executable(name: "tidegate-loadtest", targets: ["TidegateLoadtest"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -32,6 +33,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         .target(
@@ -117,6 +119,38 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        // The load generator (loadtest/): scenarios, statistics and reports are pure (LoadtestCore); the
+        // executable drives pgbench and its own NIO client.
+        .target(
+            name: "LoadtestCore",
+            dependencies: [
+                .product(name: "Histogram", package: "hdrhistogram-swift")
+            ],
+            path: "loadtest/Sources/LoadtestCore",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "TidegateLoadtest",
+            dependencies: [
+                "LoadtestCore",
+                "PostgresWire",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "loadtest/Sources/TidegateLoadtest",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "LoadtestTests",
+            dependencies: [
+                "LoadtestCore",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "loadtest/Tests/LoadtestTests",
             swiftSettings: swiftSettings
         ),
         .testTarget(
