@@ -35,11 +35,3 @@ final class ProgressLine: @unchecked Sendable {
     }
 }
 
-func formatCount(_ value: Double) -> String {
-    let formatter = NumberFormatter()
-    formatter.numberStyle = .decimal
-    formatter.maximumFractionDigits = 0
-    formatter.groupingSeparator = ","
-    formatter.usesGroupingSeparator = true
-    return formatter.string(from: NSNumber(value: value.rounded())) ?? String(Int(value))
-}

@@ -97,8 +97,8 @@ struct RunContext: Sendable {
                 let point = timeline.add(second: second, figures: figures, hitRatio: hitRatio)
                 var text = "\(label): \(second)/\(duration) s"
                 for (index, clientClass) in classes.enumerated() {
-                    text += "  \(clientClass.name) \(formatCount(Double(point.byClass[clientClass.name] ?? 0)))/s"
-                    if index == 0, let p99 = point.p99Ms { text += " p99 \(String(format: "%.2f", p99)) ms" }
+                    text += "  \(clientClass.name) \(ReportWriter.count(Double(point.byClass[clientClass.name] ?? 0)))/s"
+                    if index == 0, let p99 = point.p99Ms { text += " p99 \(ReportWriter.milliseconds(p99)) ms" }
                 }
                 text += "  errors \(point.errors)"
                 if let hitRatio { text += String(format: "  cache hits %.1f%%", hitRatio * 100) }
@@ -143,8 +143,8 @@ struct RunContext: Sendable {
                 spec: spec, mode: command.mode, clients: command.clients, duration: duration, warmup: command.warmup, rate: command.rate,
                 workDirectory: directory
             ) { seconds, tps, latency in
-                var text = "\(label): \(Int(seconds))/\(duration) s  queries \(formatCount(tps))/s"
-                if let latency { text += String(format: " avg %.3f ms", latency) }
+                var text = "\(label): \(Int(seconds))/\(duration) s  queries \(ReportWriter.count(tps))/s"
+                if let latency { text += " avg \(ReportWriter.milliseconds(latency)) ms" }
                 if let ratio = hitRatios.latest { text += String(format: "  cache hits %.1f%%", ratio * 100) }
                 progress.update(second: Int(seconds), of: duration, text)
             }

@@ -284,9 +284,9 @@ struct Run: AsyncParsableCommand {
     static func summaryText(_ report: Report) -> String {
         var lines: [String] = []
         for row in report.summary {
-            let throughput = row.throughputMedian.map { formatCount($0) } ?? "–"
-            let ratio = row.throughputRatio.map { String(format: " (%.2f×)", $0) } ?? ""
-            let p99 = row.p99Ms.map { String(format: "%.3f ms", $0) } ?? "–"
+            let throughput = row.throughputMedian.map { ReportWriter.count($0) } ?? "–"
+            let ratio = row.throughputRatio.map { " (\(ReportWriter.ratio($0)))" } ?? ""
+            let p99 = row.p99Ms.map { "\(ReportWriter.milliseconds($0)) ms" } ?? "–"
             let hit = row.hitRatio.map { String(format: ", cache hits %.1f%%", $0 * 100) } ?? ""
             lines.append("\(row.target) \(row.className): \(throughput) tx/s\(ratio), p99 \(p99), errors \(row.errors)\(hit)")
         }
