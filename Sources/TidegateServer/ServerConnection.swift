@@ -78,7 +78,10 @@ final class ServerConnection: ChannelInboundHandler, @unchecked Sendable {
         logger[metadataKey: "tidegate.server.id"] = "\(self.id)"
         self.logger = logger
         self.state = .connecting(
-            BackendStartupStateMachine(user: key.user, password: password), loop.makePromise(of: Void.self))
+            BackendStartupStateMachine(
+                user: key.user, password: password,
+                noPasswordAdvice: "Tidegate has none (set users.\(key.user).password or backend_password)"),
+            loop.makePromise(of: Void.self))
         self.createdAt = .now()
         self.lastUsedAt = .now()
     }

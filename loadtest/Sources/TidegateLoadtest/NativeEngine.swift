@@ -74,8 +74,10 @@ final class LoopRecorder: @unchecked Sendable {
         self.interval = kindCounts.map { _ in ClassFigures(kinds: 0) }
     }
 
-    func record(classIndex: Int, kind: Int, latency: UInt64, error: (code: String, message: String)?) {
-        guard self.measuring else { return }
+    /// A statement's outcome, counted while measuring; a lost connection is counted even in the
+    /// warm-up, since its client sends nothing more and the run must say so.
+    func record(classIndex: Int, kind: Int, latency: UInt64, error: (code: String, message: String)?, always: Bool = false) {
+        guard self.measuring || always else { return }
         self.total[classIndex].transactions += 1
         self.interval[classIndex].transactions += 1
         if let error {
@@ -186,7 +188,8 @@ final class LoadClient: @unchecked Sendable {
                 self.issue()
             case .failure(let error):
                 self.recorder.record(
-                    classIndex: self.classIndex, kind: kind, latency: latency, error: (code: error.sqlState ?? "08006", message: error.description))
+                    classIndex: self.classIndex, kind: kind, latency: latency, error: (code: error.sqlState ?? "08006", message: error.description),
+                    always: true)
                 self.finish()
             }
         }

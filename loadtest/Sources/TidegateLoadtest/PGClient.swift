@@ -118,14 +118,18 @@ private final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {
     let spec: ConnectionSpec
     let ready: EventLoopPromise<Void>
     private var started = false
-    private var scram: SCRAMClientExchange?
+    private var login: BackendStartupStateMachine
     private var completion: ((Result<Reply, ConnectError>) -> Void)?
     private var reply = Reply()
     private var collect = false
+    /// Set when the connection has closed: every later request fails with it.
+    private var lost: ConnectError?
 
     init(spec: ConnectionSpec, ready: EventLoopPromise<Void>) {
         self.spec = spec
         self.ready = ready
+        self.login = BackendStartupStateMachine(
+            user: spec.user, password: spec.password, noPasswordAdvice: "none is given (password= in the connection string, or PGPASSWORD)")
     }
 
     func fail(_ error: ConnectError) {
@@ -136,6 +140,12 @@ private final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func start(collect: Bool, completion: @escaping (Result<Reply, ConnectError>) -> Void) {
+        if let lost = self.lost {
+            // Closed between two requests (an open-loop client waiting for its next slot): nothing
+            // would ever answer, so the request fails now.
+            completion(.failure(lost))
+            return
+        }
         self.collect = collect
         self.reply = Reply()
         self.completion = completion
@@ -163,11 +173,8 @@ private final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {
         case BackendMessageID.rowDescription.rawValue:
             if self.collect { self.reply.columns = Self.columns(frame) }
         case BackendMessageID.errorResponse.rawValue:
+            // Outside a request this is the server's reason for closing (57P01…): kept for the loss.
             if self.reply.error == nil { self.reply.error = try? BackendMessage.errorFields(frame) }
-            if self.completion == nil, let fields = self.reply.error {
-                // An error outside any request (the server is shutting down): the next request fails.
-                self.reply.error = fields
-            }
         case BackendMessageID.readyForQuery.rawValue:
             let completion = self.completion
             self.completion = nil
@@ -180,64 +187,20 @@ private final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     private func startup(_ frame: PostgresFrame, context: ChannelHandlerContext) {
-        do {
-            switch frame.id {
-            case BackendMessageID.authentication.rawValue:
-                try self.authenticate(BackendMessage.authentication(frame), context: context)
-            case BackendMessageID.errorResponse.rawValue:
-                let fields = try BackendMessage.errorFields(frame)
-                self.fail(Self.startupError(fields, spec: self.spec))
-                context.close(promise: nil)
-            case BackendMessageID.readyForQuery.rawValue:
-                self.started = true
-                self.ready.succeed(())
-            default:
-                break  // ParameterStatus, BackendKeyData, NoticeResponse
-            }
-        } catch let error as ConnectError {
-            self.fail(error)
-            context.close(promise: nil)
-        } catch {
-            self.fail(ConnectError(description: "authentication with \(self.spec.host):\(self.spec.port) failed: \(error)"))
+        switch self.login.received(frame) {
+        case .send(let buffer):
+            context.writeAndFlush(self.wrapOutboundOut(buffer), promise: nil)
+        case .wait:
+            break
+        case .ready:
+            self.started = true
+            self.ready.succeed(())
+        case .fail(let fields):
+            // The server's refusal gets advice by its SQLSTATE; the login's own failures say what to do.
+            let refused = frame.backendID == .errorResponse
+            self.fail(refused ? Self.startupError(fields, spec: self.spec) : ConnectError(description: fields.message ?? "login failed", sqlState: fields.sqlState))
             context.close(promise: nil)
         }
-    }
-
-    private func authenticate(_ request: BackendMessage.Authentication, context: ChannelHandlerContext) throws {
-        var buffer = context.channel.allocator.buffer(capacity: 128)
-        func password() throws(ConnectError) -> String {
-            guard let password = self.spec.password else {
-                throw ConnectError(description: "the server asks for a password for user \"\(self.spec.user)\" and none is given (password= in the connection string, or PGPASSWORD)", sqlState: "28P01")
-            }
-            return password
-        }
-        switch request {
-        case .ok:
-            return
-        case .cleartextPassword:
-            FrontendEncoder.password(&buffer, try password())
-        case .md5Password(let salt):
-            FrontendEncoder.password(&buffer, MD5Password.response(user: self.spec.user, password: try password(), salt: salt))
-        case .sasl(let mechanisms):
-            guard mechanisms.contains("SCRAM-SHA-256") else {
-                throw ConnectError(description: "the server offers only \(mechanisms.joined(separator: ", ")); tidegate-loadtest speaks SCRAM-SHA-256, MD5 and cleartext")
-            }
-            var exchange = SCRAMClientExchange(password: try password())
-            FrontendEncoder.saslInitialResponse(&buffer, mechanism: "SCRAM-SHA-256", data: exchange.clientFirstMessage())
-            self.scram = exchange
-        case .saslContinue(let data):
-            guard var exchange = self.scram else { throw ConnectError(description: "SASL continue without a SASL exchange") }
-            FrontendEncoder.saslResponse(&buffer, data: try exchange.receiveServerFirst(data))
-            self.scram = exchange
-        case .saslFinal(let data):
-            guard var exchange = self.scram else { throw ConnectError(description: "SASL final without a SASL exchange") }
-            try exchange.receiveServerFinal(data)
-            self.scram = exchange
-            return
-        case .unsupported(let code):
-            throw ConnectError(description: "the server asks for authentication method \(code), which tidegate-loadtest does not speak")
-        }
-        context.writeAndFlush(self.wrapOutboundOut(buffer), promise: nil)
     }
 
     static func startupError(_ fields: ErrorFields, spec: ConnectionSpec) -> ConnectError {
@@ -259,9 +222,14 @@ private final class ClientHandler: ChannelInboundHandler, @unchecked Sendable {
         if !self.started {
             self.fail(ConnectError(description: "\(self.spec.host):\(self.spec.port) closed the connection during startup"))
         }
+        // The server's last error (FATAL 57P01 when it was terminated) says why; otherwise 08006.
+        let lost = ConnectError(
+            description: self.reply.error.map { "connection lost: \($0.message ?? "")" } ?? "connection lost",
+            sqlState: self.reply.error?.sqlState ?? "08006")
+        self.lost = lost
         let completion = self.completion
         self.completion = nil
-        completion?(.failure(ConnectError(description: "connection lost", sqlState: "08006")))
+        completion?(.failure(lost))
         context.fireChannelInactive()
     }
 

@@ -1,10 +1,10 @@
 import NIOCore
-import PostgresWire
 
-/// Logs Tidegate in to a PostgreSQL server: answers the authentication requests, collects ParameterStatus
-/// and BackendKeyData, and reports ready at the first ReadyForQuery. Pure: frames in, actions out.
-struct BackendStartupStateMachine {
-    enum State {
+/// Logs a client in to a PostgreSQL server (Tidegate to its nodes, tidegate-loadtest to its targets):
+/// answers the authentication requests, collects ParameterStatus and BackendKeyData, and reports ready
+/// at the first ReadyForQuery. Pure: frames in, actions out.
+public struct BackendStartupStateMachine {
+    public enum State {
         case awaitingAuthentication
         case scram(SCRAMClientExchange)
         case awaitingOK
@@ -13,29 +13,32 @@ struct BackendStartupStateMachine {
         case failed
     }
 
-    enum Action: Equatable {
+    public enum Action: Equatable {
         case send(ByteBuffer)
         case wait
         case ready
         case fail(ErrorFields)
     }
 
-    private(set) var state = State.awaitingAuthentication
-    let user: String
-    let password: String?
-    private(set) var parameters: [String: String] = [:]
-    private(set) var backendKey: (processID: Int32, secretKey: Int32) = (0, 0)
+    public private(set) var state = State.awaitingAuthentication
+    public let user: String
+    public let password: String?
+    /// Ends "the server asks for a password for user "…" but …": where the caller's password comes from.
+    public let noPasswordAdvice: String
+    public private(set) var parameters: [String: String] = [:]
+    public private(set) var backendKey: (processID: Int32, secretKey: Int32) = (0, 0)
 
-    init(user: String, password: String?) {
+    public init(user: String, password: String?, noPasswordAdvice: String = "none was given") {
         self.user = user
         self.password = password
+        self.noPasswordAdvice = noPasswordAdvice
     }
 
-    static func failure(_ message: String, sqlState: String = "08006") -> Action {
+    public static func failure(_ message: String, sqlState: String = "08006") -> Action {
         .fail(ErrorFields(severity: "FATAL", sqlState: sqlState, message: message))
     }
 
-    mutating func received(_ frame: PostgresFrame) -> Action {
+    public mutating func received(_ frame: PostgresFrame) -> Action {
         do {
             return try self.receivedThrowing(frame)
         } catch {
@@ -135,8 +138,6 @@ struct BackendStartupStateMachine {
 
     private mutating func noPassword() -> Action {
         self.state = .failed
-        return Self.failure(
-            "the server asks for a password for user \"\(self.user)\" but Tidegate has none (set users.\(self.user).password or backend_password)",
-            sqlState: "28000")
+        return Self.failure("the server asks for a password for user \"\(self.user)\" but \(self.noPasswordAdvice)", sqlState: "28000")
     }
 }
