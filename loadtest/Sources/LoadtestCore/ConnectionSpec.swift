@@ -31,6 +31,13 @@ public struct ConnectionSpec: Sendable, Equatable {
         "host", "hostaddr", "port", "user", "password", "dbname", "sslmode", "application_name", "connect_timeout",
     ]
 
+    /// The text with every password in it (`password=…` of a keyword string, quoted or not, and
+    /// the one of a URI) replaced by "…": what a report may show of a command line.
+    public static func redacted(_ text: String) -> String {
+        text.replacingOccurrences(of: #"password\s*=\s*('([^'\\]|\\.)*'?|[^\s]*)"#, with: "password=…", options: .regularExpression)
+            .replacingOccurrences(of: #"://([^:/@\s]*):[^@\s]*@"#, with: "://$1:…@", options: .regularExpression)
+    }
+
     public static func parse(_ text: String, environment: [String: String] = [:]) throws(ParseError) -> ConnectionSpec {
         var values: [String: String] = [:]
         let trimmed = text.trimmingCharacters(in: .whitespaces)

@@ -4,7 +4,6 @@ import LoadtestCore
 import NIOCore
 import NIOPosix
 
-/// One run of one target: the engine, the admin console sampled once a second, the figures.
 /// The options a run needs, copied out of the command line.
 struct RunSettings: Sendable {
     var scenario: ScenarioName
@@ -21,6 +20,7 @@ struct RunSettings: Sendable {
     var scale: Int
 }
 
+/// One run of one target: the engine, the admin console sampled once a second, the figures.
 struct RunContext: Sendable {
     let command: RunSettings
     let target: Run.Target
@@ -36,8 +36,6 @@ struct RunContext: Sendable {
         let seed = self.command.seed
         let mode = self.command.mode
         let context = self.context
-        let runID = Int64(Date().timeIntervalSince1970)
-        let clock: @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1_000_000) }
         let symbols = context.symbols
         switch self.command.scenario {
         case .passthrough:
@@ -51,21 +49,24 @@ struct RunContext: Sendable {
         case .apiReads:
             return [Self.reads(context: context, clients: self.command.clients, rate: self.command.rate, mode: mode, seed: seed)]
         case .ingest:
-            return [
-                ClientClass(
-                    name: "writes", clients: self.command.clients, rate: self.command.rate, mode: mode,
-                    kinds: IngestWorkload(symbols: symbols, seed: seed, client: 0, runID: runID, clock: clock).kinds,
-                    makeWorkload: { IngestWorkload(symbols: symbols, seed: seed, client: $0, runID: runID, clock: clock) })
-            ]
+            return [Self.writes(symbols: symbols, clients: self.command.clients, rate: self.command.rate, mode: mode, seed: seed, firstClient: 0)]
         case .mixed:
             return [
                 Self.reads(context: context, clients: self.command.clients, rate: self.command.rate, mode: mode, seed: seed),
-                ClientClass(
-                    name: "writes", clients: self.command.writers, rate: self.command.writeRate, mode: mode,
-                    kinds: IngestWorkload(symbols: symbols, seed: seed, client: 0, runID: runID, clock: clock).kinds,
-                    makeWorkload: { IngestWorkload(symbols: symbols, seed: seed, client: 100_000 + $0, runID: runID, clock: clock) }),
+                // Writers numbered apart from the readers: their seeded streams differ from any reader's.
+                Self.writes(symbols: symbols, clients: self.command.writers, rate: self.command.writeRate, mode: mode, seed: seed, firstClient: 100_000),
             ]
         }
+    }
+
+    static func writes(symbols: [String], clients: Int, rate: Double, mode: QueryMode, seed: UInt64, firstClient: Int) -> ClientClass {
+        // trade_ids are unique per run (its start second) and client.
+        let runID = Int64(Date().timeIntervalSince1970)
+        let clock: @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1_000_000) }
+        return ClientClass(
+            name: "writes", clients: clients, rate: rate, mode: mode,
+            kinds: IngestWorkload(symbols: symbols, seed: seed, client: firstClient, runID: runID, clock: clock).kinds,
+            makeWorkload: { IngestWorkload(symbols: symbols, seed: seed, client: firstClient + $0, runID: runID, clock: clock) })
     }
 
     static func reads(context: MarketContext, clients: Int, rate: Double, mode: QueryMode, seed: UInt64) -> ClientClass {
@@ -84,7 +85,6 @@ struct RunContext: Sendable {
         let duration = self.command.duration
         let console = self.console
         let progress = self.progress
-        var lastCache = cacheBefore
         let cacheState = CacheState(last: cacheBefore)
         do {
             let outcome = try await engine.run(
@@ -104,10 +104,10 @@ struct RunContext: Sendable {
                 if let hitRatio { text += String(format: "  cache hits %.1f%%", hitRatio * 100) }
                 progress.update(second: second, of: duration, text)
             }
-            lastCache = await self.console?.cache()
+            let cacheAfter = await self.console?.cache()
             let batchesAfter = await self.console?.batches() ?? []
             let admin = self.console.map { _ in
-                AdminConsole.figures(cacheBefore: cacheBefore, cacheAfter: lastCache, batchesBefore: batchesBefore, batchesAfter: batchesAfter)
+                AdminConsole.figures(cacheBefore: cacheBefore, cacheAfter: cacheAfter, batchesBefore: batchesBefore, batchesAfter: batchesAfter)
             }
             let results = zip(classes, outcome.classes).map { clientClass, figures in
                 Self.classResult(name: clientClass.name, kinds: clientClass.kinds.map(\.name), figures: figures, seconds: outcome.seconds)
@@ -239,28 +239,30 @@ final class HitRatioSamples: @unchecked Sendable {
     }
 }
 
-/// The per-second points of a native run.
+/// The per-second points of a native run; throughput and p99 are the first class's.
 final class TimelineCollector: @unchecked Sendable {
     private let lock = NSLock()
     private let classes: [String]
-    private(set) var points: [TimelinePoint] = []
+    private var collected: [TimelinePoint] = []
 
     init(classes: [String]) { self.classes = classes }
 
+    var points: [TimelinePoint] {
+        self.lock.lock()
+        defer { self.lock.unlock() }
+        return self.collected
+    }
+
     func add(second: Int, figures: [ClassFigures], hitRatio: Double?) -> TimelinePoint {
         var byClass: [String: UInt64] = [:]
-        var histogram = latencyHistogram()
-        var errors: UInt64 = 0
-        for (name, part) in zip(self.classes, figures) {
-            byClass[name] = part.transactions
-            errors += part.errorCount
-            if name == self.classes.first { histogram.add(part.histogram) }
-        }
+        for (name, part) in zip(self.classes, figures) { byClass[name] = part.transactions }
+        let first = figures.first?.histogram
         let point = TimelinePoint(
-            second: second, transactions: byClass[self.classes.first ?? ""] ?? 0, byClass: byClass, errors: errors,
-            p99Ms: histogram.totalCount > 0 ? Double(histogram.valueAtPercentile(99)) / 1000 : nil, hitRatio: hitRatio)
+            second: second, transactions: figures.first?.transactions ?? 0, byClass: byClass,
+            errors: figures.reduce(0) { $0 + $1.errorCount },
+            p99Ms: first.flatMap { $0.totalCount > 0 ? Double($0.valueAtPercentile(99)) / 1000 : nil }, hitRatio: hitRatio)
         self.lock.lock()
-        self.points.append(point)
+        self.collected.append(point)
         self.lock.unlock()
         return point
     }

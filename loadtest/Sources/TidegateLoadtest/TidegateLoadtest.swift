@@ -256,13 +256,8 @@ struct Run: AsyncParsableCommand {
 
     static func commandLine() -> String {
         CommandLine.arguments.enumerated().map { index, argument in
-            var shown = index == 0 ? "tidegate-loadtest" : argument
             // Never write a password into a report.
-            if let range = shown.range(of: #"password=[^ ]*"#, options: .regularExpression) { shown.replaceSubrange(range, with: "password=…") }
-            if let range = shown.range(of: #"://([^:/@]+):[^@]*@"#, options: .regularExpression) {
-                let user = shown[range].dropFirst(3).split(separator: ":").first ?? ""
-                shown.replaceSubrange(range, with: "://\(user):…@")
-            }
+            let shown = index == 0 ? "tidegate-loadtest" : ConnectionSpec.redacted(argument)
             return shown.contains(" ") || shown.contains("'") ? "'" + shown.replacingOccurrences(of: "'", with: "'\\''") + "'" : shown
         }.joined(separator: " ")
     }

@@ -52,6 +52,14 @@ import Testing
         #expect(quoted.password == "a b'c")
     }
 
+    @Test func passwordsAreRedacted() {
+        #expect(ConnectionSpec.redacted("direct=host=h password=secret dbname=m") == "direct=host=h password=… dbname=m")
+        #expect(ConnectionSpec.redacted(#"a=password='a b\'c' user=x"#) == "a=password=… user=x")
+        #expect(ConnectionSpec.redacted("password = s3 user=x") == "password=… user=x")
+        #expect(ConnectionSpec.redacted("t=postgresql://ingest:p%40ss@db:5432/ticks") == "t=postgresql://ingest:…@db:5432/ticks")
+        #expect(ConnectionSpec.redacted("--clients") == "--clients")
+    }
+
     @Test func uriWithEscapes() throws {
         let spec = try ConnectionSpec.parse("postgresql://ingest:p%40ss@db.example:15432/ticks?sslmode=disable", environment: [:])
         #expect(spec == ConnectionSpec(host: "db.example", port: 15432, user: "ingest", password: "p@ss", database: "ticks", sslmode: "disable"))
